@@ -1,0 +1,1 @@
+//! LinuxForHealth connect intake emulator.

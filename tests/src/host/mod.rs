@@ -1,0 +1,1 @@
+//! Spin-compatible host.
