@@ -1,1 +1,9 @@
+//! `GET /bluebutton/callback`: CMS sends the beneficiary back here with a code (or a refusal).
 
+use shared::spin::SpinPlatform;
+use spin_sdk::http_component;
+
+#[http_component]
+async fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+    shared::handlers::callback(&SpinPlatform::new(), req).await
+}

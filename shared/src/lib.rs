@@ -1,1 +1,22 @@
+//! bluebutton-spin's models and rules. Everything here runs natively: the world is reached only through
+//! the ports in [`ports`], which the components implement with Spin ([`spin`]) and tests with fakes
+//! ([`testing`]).
 
+pub mod admin;
+pub mod config;
+pub mod crypto;
+pub mod fhir;
+pub mod handlers;
+pub mod oauth;
+pub mod ports;
+pub mod problem;
+pub mod retry;
+pub mod session;
+pub mod tokens;
+pub mod testing;
+pub mod web;
+
+#[cfg(feature = "spin")]
+pub mod spin;
+
+pub use problem::{Error, Problem};

@@ -1,0 +1,362 @@
+//! The beneficiary's authorization: a single-use, expiring `state` paired with a PKCE S256 verifier, and
+//! the CMS authorize URL built from them.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::OAuthClient;
+use crate::ports::{Clock, KeyValue, Random};
+use crate::problem::Error;
+
+/// How long a beneficiary has to log in and consent at CMS.
+pub const STATE_TTL_SECS: i64 = 600;
+
+/// What `authorize` keeps under `state:{state}` for `callback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingAuthorization {
+    pub verifier: String,
+    pub created_at: i64,
+    pub return_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthorizationStart {
+    pub authorization_url: String,
+    pub expires_in: i64,
+}
+
+fn random_token(random: &impl Random, bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    random.fill(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn state_key(state: &str) -> String {
+    format!("state:{state}")
+}
+
+/// Creates and stores a state and PKCE verifier, and returns where to send the beneficiary.
+pub fn begin<P: KeyValue + Clock + Random>(
+    platform: &P,
+    client: &OAuthClient,
+    lang: Option<&str>,
+    return_to: Option<&str>,
+) -> Result<AuthorizationStart, Error> {
+    if let Some(lang) = lang {
+        if !matches!(lang, "en" | "es") {
+            return Err(Error::BadRequest(
+                "`lang` must be `en` or `es`, the languages CMS offers".into(),
+            ));
+        }
+    }
+    if let Some(target) = return_to {
+        // Only our own paths: anything else would make us an open redirector.
+        if !target.starts_with('/') || target.starts_with("//") || target.contains('\\') {
+            return Err(Error::BadRequest(
+                "`return_to` must be a path on this server, such as /app".into(),
+            ));
+        }
+    }
+    // 32 random bytes: a 43-character state (CMS needs ≥ 16) and, from 64 more, an 86-character verifier
+    // (RFC 7636 allows 43–128 of the unreserved set, which base64url is).
+    let state = CsrfToken::new(random_token(platform, 32));
+    let verifier = PkceCodeVerifier::new(random_token(platform, 64));
+    let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+
+    let pending = PendingAuthorization {
+        verifier: verifier.secret().clone(),
+        created_at: platform.now().unix_timestamp(),
+        return_to: return_to.map(str::to_string),
+    };
+    let value = serde_json::to_vec(&pending).expect("serializable");
+    platform.set(&state_key(state.secret()), &value)?;
+
+    let mut url = Url::parse(&format!("{}/v2/o/authorize/", client.cms_base_url))
+        .map_err(|e| Error::Config(format!("`cms_base_url` cannot form a URL: {e}")))?;
+    {
+        let mut query = url.query_pairs_mut();
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &client.client_id)
+            .append_pair("redirect_uri", &client.redirect_uri)
+            .append_pair("state", state.secret())
+            .append_pair("code_challenge", challenge.as_str())
+            .append_pair("code_challenge_method", challenge.method().as_str());
+        if let Some(scopes) = &client.scopes {
+            query.append_pair("scope", scopes);
+        }
+        if let Some(lang) = lang {
+            query.append_pair("lang", lang);
+        }
+    }
+    Ok(AuthorizationStart {
+        authorization_url: url.into(),
+        expires_in: STATE_TTL_SECS,
+    })
+}
+
+/// Takes a state back, once: it is deleted whatever happens next, so a replay fails.
+pub fn take_state<P: KeyValue + Clock>(
+    platform: &P,
+    state: Option<&str>,
+) -> Result<PendingAuthorization, Error> {
+    let state = state
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::BadRequest("the `state` parameter is missing".into()))?;
+    let key = state_key(state);
+    let stored = platform.get(&key)?;
+    let Some(stored) = stored else {
+        return Err(Error::BadRequest(
+            "unknown or already used `state`: start again at /bluebutton/authorize".into(),
+        ));
+    };
+    platform.delete(&key)?;
+    let pending: PendingAuthorization = serde_json::from_slice(&stored)
+        .map_err(|_| Error::BadRequest("unreadable `state` record".into()))?;
+    if platform.now().unix_timestamp() - pending.created_at > STATE_TTL_SECS {
+        return Err(Error::BadRequest(
+            "the `state` expired (10 minutes): start again at /bluebutton/authorize".into(),
+        ));
+    }
+    Ok(pending)
+}
+
+/// CMS's extra token response fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CmsTokenFields {
+    pub patient: Option<String>,
+    pub access_grant_expiration: Option<String>,
+}
+impl oauth2::ExtraTokenFields for CmsTokenFields {}
+
+type CmsTokenResponse = oauth2::StandardTokenResponse<CmsTokenFields, oauth2::basic::BasicTokenType>;
+type CmsClient = oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    CmsTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    oauth2::StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+>;
+
+/// The confidential client's credentials, read only by the components that talk to CMS's token endpoint.
+pub fn client_secret(vars: &impl crate::ports::Variables) -> Result<String, Error> {
+    crate::config::required(vars, "cms_client_secret")
+}
+
+fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
+    let token_url = oauth2::TokenUrl::new(format!("{}/v2/o/token/", client.cms_base_url))
+        .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the token URL: {e}")))?;
+    let redirect = oauth2::RedirectUrl::new(client.redirect_uri.clone())
+        .map_err(|e| Error::Config(format!("`redirect_uri` is not a URL: {e}")))?;
+    // HTTP Basic client authentication is oauth2's default and what CMS tries first.
+    Ok(oauth2::Client::new(oauth2::ClientId::new(client.client_id.clone()))
+        .set_client_secret(oauth2::ClientSecret::new(secret.to_string()))
+        .set_token_uri(token_url)
+        .set_redirect_uri(redirect))
+}
+
+/// Turns an oauth2 failure into our error: CMS's refusal → 502 naming CMS's `error`, silence → 504.
+fn token_error(
+    what: &str,
+    err: oauth2::RequestTokenError<
+        crate::ports::HttpError,
+        oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
+    >,
+) -> TokenFailure {
+    use oauth2::RequestTokenError as E;
+    match err {
+        E::ServerResponse(resp) => TokenFailure::Refused(resp.error().as_ref().to_string()),
+        E::Request(crate::ports::HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(
+            format!("CMS's token endpoint did not answer the {what} in time"),
+        )),
+        E::Request(e) => TokenFailure::Failed(Error::BadGateway(format!(
+            "CMS's token endpoint could not be reached for the {what}: {e}"
+        ))),
+        E::Parse(_, body) => TokenFailure::Failed(Error::BadGateway(format!(
+            "CMS's token endpoint sent an unreadable answer to the {what} ({} bytes)",
+            body.len()
+        ))),
+        E::Other(e) => TokenFailure::Failed(Error::BadGateway(format!(
+            "CMS's token endpoint failed the {what}: {e}"
+        ))),
+    }
+}
+
+/// Why a token request failed: CMS said no (its OAuth `error` code), or the call itself failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenFailure {
+    Refused(String),
+    Failed(Error),
+}
+
+async fn token_http<P: crate::ports::Platform>(
+    platform: &P,
+    request: oauth2::HttpRequest,
+) -> Result<oauth2::HttpResponse, crate::ports::HttpError> {
+    let retried = crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+    retried.result
+}
+
+fn token_set(platform: &impl Clock, resp: CmsTokenResponse, fallback: Option<&TokenSetHint>) -> Result<crate::session::TokenSet, Error> {
+    use oauth2::TokenResponse;
+    let expires_in = resp.expires_in().map_or(3600, |d| d.as_secs() as i64);
+    let scope = resp
+        .scopes()
+        .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "))
+        .or_else(|| fallback.map(|f| f.scope.clone()))
+        .unwrap_or_default();
+    let extra = resp.extra_fields();
+    let patient = extra
+        .patient
+        .clone()
+        .or_else(|| fallback.map(|f| f.patient.clone()))
+        .ok_or_else(|| Error::BadGateway("CMS's token response names no `patient`".into()))?;
+    Ok(crate::session::TokenSet {
+        access_token: resp.access_token().secret().clone(),
+        refresh_token: resp
+            .refresh_token()
+            .map(|t| t.secret().clone())
+            .or_else(|| fallback.and_then(|f| f.refresh_token.clone())),
+        expires_at: platform.now().unix_timestamp() + expires_in,
+        scope,
+        patient,
+        access_grant_expiration: extra
+            .access_grant_expiration
+            .clone()
+            .or_else(|| fallback.and_then(|f| f.access_grant_expiration.clone())),
+    })
+}
+
+/// What a refresh keeps from the previous token set when CMS's answer leaves it out.
+type TokenSetHint = crate::session::TokenSet;
+
+/// Exchanges an authorization code (with its PKCE verifier) for tokens.
+pub async fn exchange_code<P: crate::ports::Platform>(
+    platform: &P,
+    client: &OAuthClient,
+    secret: &str,
+    code: &str,
+    verifier: String,
+) -> Result<crate::session::TokenSet, TokenFailure> {
+    let http = |req| token_http(platform, req);
+    let resp = cms_client(client, secret)
+        .map_err(TokenFailure::Failed)?
+        .exchange_code(oauth2::AuthorizationCode::new(code.to_string()))
+        .set_pkce_verifier(PkceCodeVerifier::new(verifier))
+        .request_async(&http)
+        .await
+        .map_err(|e| token_error("code exchange", e))?;
+    token_set(platform, resp, None).map_err(TokenFailure::Failed)
+}
+
+/// Uses the refresh token; CMS rotates it, so the answer's refresh token replaces the old one.
+pub async fn refresh<P: crate::ports::Platform>(
+    platform: &P,
+    client: &OAuthClient,
+    secret: &str,
+    current: &crate::session::TokenSet,
+) -> Result<crate::session::TokenSet, TokenFailure> {
+    let refresh_token = current.refresh_token.clone().ok_or_else(|| {
+        TokenFailure::Refused("invalid_grant".into())
+    })?;
+    let http = |req| token_http(platform, req);
+    let token = oauth2::RefreshToken::new(refresh_token);
+    let resp = cms_client(client, secret)
+        .map_err(TokenFailure::Failed)?
+        .exchange_refresh_token(&token)
+        .request_async(&http)
+        .await
+        .map_err(|e| token_error("token refresh", e))?;
+    token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakePlatform;
+    use sha2::{Digest, Sha256};
+    use std::time::Duration;
+
+    fn client() -> OAuthClient {
+        OAuthClient {
+            cms_base_url: "https://sandbox.bluebutton.cms.gov".into(),
+            client_id: "client id&x".into(),
+            redirect_uri: "http://127.0.0.1:3000/bluebutton/callback?a=b".into(),
+            scopes: Some("patient/Patient.rs openid".into()),
+        }
+    }
+
+    fn params(url: &str) -> std::collections::HashMap<String, String> {
+        Url::parse(url).unwrap().query_pairs().into_owned().collect()
+    }
+
+    #[test]
+    fn authorize_url_carries_every_parameter_encoded() {
+        let p = FakePlatform::new();
+        let start = begin(&p, &client(), Some("es"), None).unwrap();
+        assert!(start
+            .authorization_url
+            .starts_with("https://sandbox.bluebutton.cms.gov/v2/o/authorize/?response_type=code&"));
+        assert!(start.authorization_url.contains("client_id=client+id%26x"));
+        assert!(start
+            .authorization_url
+            .contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A3000%2Fbluebutton%2Fcallback%3Fa%3Db"));
+        let q = params(&start.authorization_url);
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(q["scope"], "patient/Patient.rs openid");
+        assert_eq!(q["lang"], "es");
+        assert!(q["state"].len() >= 32);
+        assert_eq!(start.expires_in, 600);
+    }
+
+    #[test]
+    fn verifier_is_stored_and_matches_the_challenge() {
+        let p = FakePlatform::new();
+        let start = begin(&p, &client(), None, Some("/done")).unwrap();
+        let q = params(&start.authorization_url);
+        let pending = take_state(&p, Some(&q["state"])).unwrap();
+        assert!((43..=128).contains(&pending.verifier.len()));
+        assert!(pending
+            .verifier
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c)));
+        let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(pending.verifier.as_bytes()));
+        assert_eq!(q["code_challenge"], digest);
+        assert_eq!(pending.return_to.as_deref(), Some("/done"));
+        assert!(!q.contains_key("lang"));
+    }
+
+    #[test]
+    fn states_are_single_use_and_expire() {
+        let p = FakePlatform::new();
+        let first = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
+        let second = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
+        assert_ne!(first["state"], second["state"]);
+        assert!(take_state(&p, Some(&first["state"])).is_ok());
+        let replay = take_state(&p, Some(&first["state"])).unwrap_err();
+        assert_eq!(replay.status(), 400);
+        p.advance(Duration::from_secs(601));
+        let expired = take_state(&p, Some(&second["state"])).unwrap_err();
+        assert!(expired.to_string().contains("expired"));
+        assert!(p.keys().unwrap().is_empty(), "expired state is removed too");
+        assert!(take_state(&p, None).is_err());
+        assert!(take_state(&p, Some("forged-state-value-xxxxxxxxxxxx")).is_err());
+    }
+
+    #[test]
+    fn bad_lang_and_foreign_return_to_are_refused() {
+        let p = FakePlatform::new();
+        assert!(begin(&p, &client(), Some("fr"), None).is_err());
+        assert!(begin(&p, &client(), None, Some("https://evil.example")).is_err());
+        assert!(begin(&p, &client(), None, Some("//evil.example")).is_err());
+        assert!(p.keys().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,124 @@
+//! The ports on Spin: the default key-value store, outbound `wasi:http`, Spin variables, WASI clocks and
+//! randomness. Only the component crates use this (feature `spin`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::ports::{Clock, HttpClient, HttpError, KeyValue, Random, StoreError, Variables};
+
+/// Spin's implementation of every port. The store opens lazily: routes that never touch it need no
+/// `key_value_stores` entry.
+#[derive(Default)]
+pub struct SpinPlatform {
+    store: std::cell::OnceCell<Result<spin_sdk::key_value::Store, StoreError>>,
+}
+
+impl SpinPlatform {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn store(&self) -> Result<&spin_sdk::key_value::Store, StoreError> {
+        self.store
+            .get_or_init(|| {
+                spin_sdk::key_value::Store::open_default()
+                    .map_err(|e| StoreError(format!("cannot open the default store: {e}")))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn store_error(err: spin_sdk::key_value::Error) -> StoreError {
+    StoreError(err.to_string())
+}
+
+impl KeyValue for SpinPlatform {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store()?.get(key).map_err(store_error)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.store()?.set(key, value).map_err(store_error)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.store()?.delete(key).map_err(store_error)
+    }
+    fn keys(&self) -> Result<Vec<String>, StoreError> {
+        self.store()?.get_keys().map_err(store_error)
+    }
+}
+
+impl HttpClient for SpinPlatform {
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        use spin_sdk::http::{ErrorCode, SendError};
+        match spin_sdk::http::send::<_, http::Response<Vec<u8>>>(request).await {
+            Ok(resp) => Ok(resp),
+            Err(SendError::Http(ErrorCode::HttpRequestDenied)) => Err(HttpError::Denied),
+            Err(SendError::Http(
+                ErrorCode::ConnectionTimeout
+                | ErrorCode::ConnectionReadTimeout
+                | ErrorCode::ConnectionWriteTimeout
+                | ErrorCode::HttpResponseTimeout,
+            )) => Err(HttpError::Timeout),
+            Err(SendError::Http(code)) => Err(HttpError::Connection(format!("{code:?}"))),
+            Err(other) => Err(HttpError::Other(other.to_string())),
+        }
+    }
+}
+
+impl Clock for SpinPlatform {
+    fn now(&self) -> OffsetDateTime {
+        let now = wasi::clocks::wall_clock::now();
+        OffsetDateTime::from_unix_timestamp(now.seconds as i64)
+            .map(|t| t + Duration::from_nanos(u64::from(now.nanoseconds)))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> {
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        Sleep {
+            deadline: wasi::clocks::monotonic_clock::now().saturating_add(nanos),
+        }
+    }
+}
+
+/// A timer on Spin's executor, which waits on WASI pollables (a tokio timer would panic it).
+struct Sleep {
+    deadline: u64,
+}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if wasi::clocks::monotonic_clock::now() >= self.deadline {
+            return Poll::Ready(());
+        }
+        let pollable = wasi::clocks::monotonic_clock::subscribe_instant(self.deadline);
+        spin_executor::push_waker(pollable, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Random for SpinPlatform {
+    fn fill(&self, buf: &mut [u8]) {
+        let bytes = wasi::random::random::get_random_bytes(buf.len() as u64);
+        buf.copy_from_slice(&bytes[..buf.len()]);
+    }
+}
+
+impl Variables for SpinPlatform {
+    fn variable(&self, name: &str) -> Result<Option<String>, String> {
+        match spin_sdk::variables::get(name) {
+            Ok(value) => Ok(Some(value)),
+            Err(spin_sdk::variables::Error::Undefined(_)) => Ok(None),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}

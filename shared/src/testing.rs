@@ -1,0 +1,137 @@
+//! In-memory implementations of the ports, for unit tests of the rules (here and in other crates).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::ports::{Clock, HttpClient, HttpError, KeyValue, Random, StoreError, Variables};
+
+type Handler = dyn Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError>;
+
+/// A platform whose store, clock, randomness, variables and upstreams are all in memory.
+#[derive(Clone)]
+pub struct FakePlatform {
+    pub store: Rc<RefCell<BTreeMap<String, Vec<u8>>>>,
+    pub vars: HashMap<String, String>,
+    pub now: Rc<Cell<OffsetDateTime>>,
+    pub sent: Rc<RefCell<Vec<http::Request<Vec<u8>>>>>,
+    handler: Rc<RefCell<Option<Box<Handler>>>>,
+    counter: Rc<Cell<u64>>,
+    pub fail_store: Rc<Cell<bool>>,
+}
+
+impl Default for FakePlatform {
+    fn default() -> Self {
+        FakePlatform {
+            store: Rc::default(),
+            vars: HashMap::new(),
+            now: Rc::new(Cell::new(
+                OffsetDateTime::from_unix_timestamp(1_790_000_000).expect("valid time"),
+            )),
+            sent: Rc::default(),
+            handler: Rc::default(),
+            counter: Rc::default(),
+            fail_store: Rc::default(),
+        }
+    }
+}
+
+impl FakePlatform {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_var(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Answers outbound requests with `handler`.
+    pub fn on_send(
+        &self,
+        handler: impl Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError> + 'static,
+    ) {
+        *self.handler.borrow_mut() = Some(Box::new(handler));
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.now.set(self.now.get() + by);
+    }
+
+    fn check_store(&self) -> Result<(), StoreError> {
+        if self.fail_store.get() {
+            Err(StoreError("injected failure".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl KeyValue for FakePlatform {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_store()?;
+        Ok(self.store.borrow().get(key).cloned())
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check_store()?;
+        self.store
+            .borrow_mut()
+            .insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.check_store()?;
+        self.store.borrow_mut().remove(key);
+        Ok(())
+    }
+    fn keys(&self) -> Result<Vec<String>, StoreError> {
+        self.check_store()?;
+        Ok(self.store.borrow().keys().cloned().collect())
+    }
+}
+
+impl HttpClient for FakePlatform {
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        let result = match self.handler.borrow().as_ref() {
+            Some(handler) => handler(&request),
+            None => Err(HttpError::Connection("no upstream in this test".into())),
+        };
+        self.sent.borrow_mut().push(request);
+        result
+    }
+}
+
+impl Clock for FakePlatform {
+    fn now(&self) -> OffsetDateTime {
+        self.now.get()
+    }
+    async fn sleep(&self, duration: Duration) {
+        self.advance(duration);
+    }
+}
+
+impl Random for FakePlatform {
+    /// Distinct, deterministic bytes (splitmix64), so tests can compare values across runs.
+    fn fill(&self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let mut z = self.counter.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            self.counter.set(z);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+impl Variables for FakePlatform {
+    fn variable(&self, name: &str) -> Result<Option<String>, String> {
+        Ok(self.vars.get(name).cloned())
+    }
+}

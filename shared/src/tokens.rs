@@ -1,0 +1,72 @@
+//! A session's access token, refreshed early. CMS rotates refresh tokens and each works once, so when two
+//! requests refresh at once the loser's `invalid_grant` is not the end: the winner stored a newer token set.
+
+use crate::config::OAuthClient;
+use crate::crypto::TokenKey;
+use crate::oauth::{self, TokenFailure};
+use crate::ports::Platform;
+use crate::problem::Error;
+use crate::session::{self, Session};
+
+/// Refresh when the access token has less than this left, so it cannot expire mid-request.
+pub const REFRESH_EARLY_SECS: i64 = 60;
+
+/// What refreshing needs, loaded once per request.
+pub struct TokenContext {
+    pub client: OAuthClient,
+    pub secret: String,
+    pub key: TokenKey,
+}
+
+impl TokenContext {
+    pub fn load(platform: &impl Platform) -> Result<TokenContext, Error> {
+        Ok(TokenContext {
+            client: OAuthClient::load(platform)?,
+            secret: oauth::client_secret(platform)?,
+            key: TokenKey::load(platform)?,
+        })
+    }
+}
+
+pub fn needs_refresh(session: &Session, now: i64) -> bool {
+    session.tokens.expires_at - now <= REFRESH_EARLY_SECS
+}
+
+/// The session's access token, refreshed first if due (or if `force`, after CMS said 401).
+pub async fn access_token(
+    platform: &impl Platform,
+    ctx: &TokenContext,
+    session: &mut Session,
+    force: bool,
+) -> Result<String, Error> {
+    let now = platform.now().unix_timestamp();
+    if !force && !needs_refresh(session, now) {
+        return Ok(session.tokens.access_token.clone());
+    }
+    match oauth::refresh(platform, &ctx.client, &ctx.secret, &session.tokens).await {
+        Ok(tokens) => {
+            session.tokens = tokens;
+            session.record.refreshed_at = now;
+            session.record.scope = session.tokens.scope.clone();
+            session.record.tokens =
+                session::seal_tokens(platform, &ctx.key, &session.hash, &session.tokens);
+            // Stored at once: the old refresh token is already spent at CMS.
+            session::store_record(platform, &session.hash, &session.record)?;
+            Ok(session.tokens.access_token.clone())
+        }
+        Err(TokenFailure::Refused(error)) => {
+            let latest = session::load(platform, &ctx.key, &session.hash)?;
+            if latest.tokens.refresh_token != session.tokens.refresh_token
+                && !needs_refresh(&latest, now)
+            {
+                *session = latest;
+                return Ok(session.tokens.access_token.clone());
+            }
+            Err(Error::Unauthorized(format!(
+                "CMS no longer accepts this session's grant (`{error}`): authorize again at \
+                 /bluebutton/authorize"
+            )))
+        }
+        Err(TokenFailure::Failed(err)) => Err(err),
+    }
+}
