@@ -1,4 +1,7 @@
 //! `/bluebutton/connect/...`: delivery to LinuxForHealth connect and its outbox.
+//!
+//! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
+#![cfg(target_arch = "wasm32")]
 
 use shared::spin::SpinPlatform;
 use spin_sdk::http_component;

@@ -1,4 +1,7 @@
 //! `GET /bluebutton/fhir/{Patient|Coverage|ExplanationOfBenefit}`: a session's claims data from CMS.
+//!
+//! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
+#![cfg(target_arch = "wasm32")]
 
 use shared::spin::SpinPlatform;
 use spin_sdk::http_component;

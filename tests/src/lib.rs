@@ -5,3 +5,4 @@
 pub mod cms_sandbox;
 pub mod connect_sandbox;
 pub mod host;
+pub mod support;
