@@ -27,7 +27,10 @@ pub fn require_admin(vars: &impl Variables, req: &Request) -> Result<(), Error> 
 /// Hashing first makes the comparison independent of where the inputs differ, and of their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[cfg(test)]
@@ -46,10 +49,20 @@ mod tests {
     #[test]
     fn disabled_without_key_then_checked() {
         let p = FakePlatform::new().with_var("admin_api_key", "");
-        assert_eq!(require_admin(&p, &req(Some("Bearer x"))).unwrap_err().status(), 404);
+        assert_eq!(
+            require_admin(&p, &req(Some("Bearer x")))
+                .unwrap_err()
+                .status(),
+            404
+        );
         let p = p.with_var("admin_api_key", "s3cret-admin");
         assert_eq!(require_admin(&p, &req(None)).unwrap_err().status(), 401);
-        assert_eq!(require_admin(&p, &req(Some("Bearer s3cret"))).unwrap_err().status(), 401);
+        assert_eq!(
+            require_admin(&p, &req(Some("Bearer s3cret")))
+                .unwrap_err()
+                .status(),
+            401
+        );
         assert!(require_admin(&p, &req(Some("Bearer s3cret-admin"))).is_ok());
     }
 }

@@ -26,8 +26,8 @@ pub fn optional(vars: &impl Variables, name: &str) -> Result<Option<String>, Err
 /// An origin (`scheme://host[:port]`) without a trailing slash, as allow-lists and URL joins need.
 pub fn origin(vars: &impl Variables, name: &str) -> Result<String, Error> {
     let value = required(vars, name)?;
-    let url = Url::parse(&value)
-        .map_err(|e| Error::Config(format!("`{name}` is not a URL ({e})")))?;
+    let url =
+        Url::parse(&value).map_err(|e| Error::Config(format!("`{name}` is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(Error::Config(format!(
             "`{name}` must be an http(s) origin such as https://sandbox.bluebutton.cms.gov"

@@ -147,7 +147,10 @@ mod tests {
         let p = FakePlatform::new();
         let key = TokenKey::parse(KEY_B64).unwrap();
         let sealed = key.seal(&p, b"secret token", b"session:1");
-        assert!(key.open(&sealed, b"session:2").is_err(), "bound to its record");
+        assert!(
+            key.open(&sealed, b"session:2").is_err(),
+            "bound to its record"
+        );
         let mut flipped = sealed.clone();
         let mut bytes = URL_SAFE_NO_PAD.decode(&flipped.ciphertext).unwrap();
         bytes[0] ^= 1;

@@ -101,15 +101,16 @@ pub async fn search(
             // startIndex counts entries, in steps of the page size we asked for.
             let step = search.page_size;
             let starts: Vec<u64> = (1..).map(|k| k * step).take_while(|s| *s < total).collect();
-            let results: Vec<(usize, Result<Page, PageError>)> = stream::iter(starts.iter().enumerate())
-                .map(|(i, start)| {
-                    let url = page_url(&base, search, &patient, Some(*start));
-                    let token = token.clone();
-                    async move { (i + 2, fetch_page(platform, &url, &token, 0).await) }
-                })
-                .buffered(search.concurrency.max(1))
-                .collect()
-                .await;
+            let results: Vec<(usize, Result<Page, PageError>)> =
+                stream::iter(starts.iter().enumerate())
+                    .map(|(i, start)| {
+                        let url = page_url(&base, search, &patient, Some(*start));
+                        let token = token.clone();
+                        async move { (i + 2, fetch_page(platform, &url, &token, 0).await) }
+                    })
+                    .buffered(search.concurrency.max(1))
+                    .collect()
+                    .await;
             for (number, result) in results {
                 let page = result.map_err(|e| e.into_error(number))?;
                 retries += page.retries;

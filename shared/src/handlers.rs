@@ -78,7 +78,26 @@ pub fn health(platform: &impl Platform, component: &str, needs: &[&str]) -> Resp
 /// `GET /bluebutton/callback?code=&state=` (or `?error=access_denied&state=`): exchanges the code for
 /// tokens, seals them, and hands the caller an opaque session.
 pub async fn callback(platform: &impl Platform, req: Request) -> Response {
+    if req.uri().path() == "/bluebutton/session" {
+        return respond(end_session(platform, &req).await);
+    }
     respond(callback_inner(platform, &req).await)
+}
+
+/// `DELETE /bluebutton/session`: revokes the grant at CMS and forgets the session.
+async fn end_session(platform: &impl Platform, req: &Request) -> Result<Response, Error> {
+    if req.method() != http::Method::DELETE {
+        return Err(Error::MethodNotAllowed(
+            "use DELETE to end a session".into(),
+        ));
+    }
+    let ctx = crate::tokens::TokenContext::load(platform)?;
+    let session = crate::session::authenticate(platform, &ctx.key, web::bearer(req))?;
+    oauth::revoke(platform, &ctx.client, &ctx.secret, &session.tokens).await?;
+    crate::session::delete(platform, &session)?;
+    let mut resp = http::Response::new(Vec::new());
+    *resp.status_mut() = http::StatusCode::NO_CONTENT;
+    Ok(no_store(resp))
 }
 
 async fn callback_inner(platform: &impl Platform, req: &Request) -> Result<Response, Error> {
@@ -113,7 +132,10 @@ async fn callback_inner(platform: &impl Platform, req: &Request) -> Result<Respo
     let session = crate::session::create(platform, &key, &tokens)?;
     let expires_at = time::OffsetDateTime::from_unix_timestamp(tokens.expires_at)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        });
     let mut body = serde_json::json!({
         "session": session,
         "patient": tokens.patient,
@@ -150,8 +172,7 @@ async fn fhir_fetch_inner(platform: &impl Platform, req: &Request) -> Result<Res
     let ctx = crate::tokens::TokenContext::load(platform)?;
     let page_size = config::number(platform, "page_size", 50, 1..=50)?;
     let concurrency = config::number(platform, "fetch_concurrency", 4, 1..=16)? as usize;
-    let mut session =
-        crate::session::authenticate(platform, &ctx.key, web::bearer(req))?;
+    let mut session = crate::session::authenticate(platform, &ctx.key, web::bearer(req))?;
     let mut filters = Vec::new();
     for (name, value) in web::query_pairs(req) {
         match name.as_str() {
@@ -206,7 +227,11 @@ fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<Respons
     crate::admin::require_admin(platform, req)?;
     require_get(req)?;
     let mut items = Vec::new();
-    for key in platform.keys()?.into_iter().filter(|k| k.starts_with(prefix)) {
+    for key in platform
+        .keys()?
+        .into_iter()
+        .filter(|k| k.starts_with(prefix))
+    {
         if let Some(value) = platform.get(&key)? {
             let mut item: serde_json::Value =
                 serde_json::from_slice(&value).unwrap_or(serde_json::Value::Null);

@@ -12,8 +12,8 @@ pub mod ports;
 pub mod problem;
 pub mod retry;
 pub mod session;
-pub mod tokens;
 pub mod testing;
+pub mod tokens;
 pub mod web;
 
 #[cfg(feature = "spin")]

@@ -132,7 +132,8 @@ pub struct CmsTokenFields {
 }
 impl oauth2::ExtraTokenFields for CmsTokenFields {}
 
-type CmsTokenResponse = oauth2::StandardTokenResponse<CmsTokenFields, oauth2::basic::BasicTokenType>;
+type CmsTokenResponse =
+    oauth2::StandardTokenResponse<CmsTokenFields, oauth2::basic::BasicTokenType>;
 type CmsClient = oauth2::Client<
     oauth2::basic::BasicErrorResponse,
     CmsTokenResponse,
@@ -157,10 +158,12 @@ fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
     let redirect = oauth2::RedirectUrl::new(client.redirect_uri.clone())
         .map_err(|e| Error::Config(format!("`redirect_uri` is not a URL: {e}")))?;
     // HTTP Basic client authentication is oauth2's default and what CMS tries first.
-    Ok(oauth2::Client::new(oauth2::ClientId::new(client.client_id.clone()))
-        .set_client_secret(oauth2::ClientSecret::new(secret.to_string()))
-        .set_token_uri(token_url)
-        .set_redirect_uri(redirect))
+    Ok(
+        oauth2::Client::new(oauth2::ClientId::new(client.client_id.clone()))
+            .set_client_secret(oauth2::ClientSecret::new(secret.to_string()))
+            .set_token_uri(token_url)
+            .set_redirect_uri(redirect),
+    )
 }
 
 /// Turns an oauth2 failure into our error: CMS's refusal → 502 naming CMS's `error`, silence → 504.
@@ -174,9 +177,11 @@ fn token_error(
     use oauth2::RequestTokenError as E;
     match err {
         E::ServerResponse(resp) => TokenFailure::Refused(resp.error().as_ref().to_string()),
-        E::Request(crate::ports::HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(
-            format!("CMS's token endpoint did not answer the {what} in time"),
-        )),
+        E::Request(crate::ports::HttpError::Timeout) => {
+            TokenFailure::Failed(Error::GatewayTimeout(format!(
+                "CMS's token endpoint did not answer the {what} in time"
+            )))
+        }
         E::Request(e) => TokenFailure::Failed(Error::BadGateway(format!(
             "CMS's token endpoint could not be reached for the {what}: {e}"
         ))),
@@ -201,11 +206,16 @@ async fn token_http<P: crate::ports::Platform>(
     platform: &P,
     request: oauth2::HttpRequest,
 ) -> Result<oauth2::HttpResponse, crate::ports::HttpError> {
-    let retried = crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+    let retried =
+        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
     retried.result
 }
 
-fn token_set(platform: &impl Clock, resp: CmsTokenResponse, fallback: Option<&TokenSetHint>) -> Result<crate::session::TokenSet, Error> {
+fn token_set(
+    platform: &impl Clock,
+    resp: CmsTokenResponse,
+    fallback: Option<&TokenSetHint>,
+) -> Result<crate::session::TokenSet, Error> {
     use oauth2::TokenResponse;
     let expires_in = resp.expires_in().map_or(3600, |d| d.as_secs() as i64);
     let scope = resp
@@ -264,9 +274,10 @@ pub async fn refresh<P: crate::ports::Platform>(
     secret: &str,
     current: &crate::session::TokenSet,
 ) -> Result<crate::session::TokenSet, TokenFailure> {
-    let refresh_token = current.refresh_token.clone().ok_or_else(|| {
-        TokenFailure::Refused("invalid_grant".into())
-    })?;
+    let refresh_token = current
+        .refresh_token
+        .clone()
+        .ok_or_else(|| TokenFailure::Refused("invalid_grant".into()))?;
     let http = |req| token_http(platform, req);
     let token = oauth2::RefreshToken::new(refresh_token);
     let resp = cms_client(client, secret)
@@ -276,6 +287,42 @@ pub async fn refresh<P: crate::ports::Platform>(
         .await
         .map_err(|e| token_error("token refresh", e))?;
     token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
+}
+
+/// Revokes the grant at CMS (`/v2/o/revoke/` deletes every token of this app and beneficiary, and always
+/// answers 200 when the client authenticates).
+pub async fn revoke<P: crate::ports::Platform>(
+    platform: &P,
+    client: &OAuthClient,
+    secret: &str,
+    tokens: &crate::session::TokenSet,
+) -> Result<(), Error> {
+    use base64::engine::general_purpose::STANDARD;
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", &tokens.access_token)
+        .finish();
+    let basic = STANDARD.encode(format!("{}:{}", client.client_id, secret));
+    let request = http::Request::post(format!("{}/v2/o/revoke/", client.cms_base_url))
+        .header("Authorization", format!("Basic {basic}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.into_bytes())
+        .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the revoke URL: {e}")))?;
+    let retried =
+        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+    match retried.result {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => Err(Error::BadGateway(format!(
+            "CMS refused to revoke the grant ({}); the session is kept so you can retry",
+            resp.status().as_u16()
+        ))),
+        Err(crate::ports::HttpError::Timeout) => Err(Error::GatewayTimeout(
+            "CMS did not answer the revocation in time; the session is kept so you can retry"
+                .into(),
+        )),
+        Err(e) => Err(Error::BadGateway(format!(
+            "CMS could not be reached to revoke the grant: {e}; the session is kept"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -295,7 +342,11 @@ mod tests {
     }
 
     fn params(url: &str) -> std::collections::HashMap<String, String> {
-        Url::parse(url).unwrap().query_pairs().into_owned().collect()
+        Url::parse(url)
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect()
     }
 
     #[test]
@@ -306,9 +357,9 @@ mod tests {
             .authorization_url
             .starts_with("https://sandbox.bluebutton.cms.gov/v2/o/authorize/?response_type=code&"));
         assert!(start.authorization_url.contains("client_id=client+id%26x"));
-        assert!(start
-            .authorization_url
-            .contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A3000%2Fbluebutton%2Fcallback%3Fa%3Db"));
+        assert!(start.authorization_url.contains(
+            "redirect_uri=http%3A%2F%2F127.0.0.1%3A3000%2Fbluebutton%2Fcallback%3Fa%3Db"
+        ));
         let q = params(&start.authorization_url);
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["scope"], "patient/Patient.rs openid");

@@ -37,8 +37,17 @@ pub fn is_retryable_status(status: u16) -> bool {
 }
 
 fn retry_after(resp: &http::Response<Vec<u8>>) -> Option<Duration> {
-    let value = resp.headers().get(http::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    let value = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
 }
 
 impl RetryPolicy {
@@ -78,10 +87,7 @@ pub async fn send<P: HttpClient + Clock + Random>(
         };
         let elapsed = platform.now() - started;
         match wait {
-            Some(wait)
-                if retries + 1 < policy.max_attempts
-                    && elapsed + wait < policy.deadline =>
-            {
+            Some(wait) if retries + 1 < policy.max_attempts && elapsed + wait < policy.deadline => {
                 platform.sleep(wait).await;
                 retries += 1;
             }
@@ -114,7 +120,9 @@ mod tests {
     }
 
     fn get() -> http::Request<Vec<u8>> {
-        http::Request::get("https://cms.example/x").body(Vec::new()).unwrap()
+        http::Request::get("https://cms.example/x")
+            .body(Vec::new())
+            .unwrap()
     }
 
     #[test]
@@ -142,7 +150,11 @@ mod tests {
         let c = calls.clone();
         p.on_send(move |_| {
             c.set(c.get() + 1);
-            Ok(if c.get() == 1 { status(429, Some("3")) } else { status(200, None) })
+            Ok(if c.get() == 1 {
+                status(429, Some("3"))
+            } else {
+                status(200, None)
+            })
         });
         let before = p.now.get();
         futures::executor::block_on(send(&p, &get(), &RetryPolicy::default()));

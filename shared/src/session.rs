@@ -91,12 +91,7 @@ pub fn create<P: KeyValue + Clock + Random>(
     Ok(session)
 }
 
-pub fn seal_tokens(
-    random: &impl Random,
-    key: &TokenKey,
-    hash: &str,
-    tokens: &TokenSet,
-) -> Sealed {
+pub fn seal_tokens(random: &impl Random, key: &TokenKey, hash: &str, tokens: &TokenSet) -> Sealed {
     let plain = serde_json::to_vec(tokens).expect("serializable");
     key.seal(random, &plain, session_key(hash).as_bytes())
 }
@@ -180,7 +175,9 @@ impl Session {
     /// A `patient` parameter, when given, must name this session's patient.
     pub fn check_patient(&self, requested: Option<&str>) -> Result<(), Error> {
         match requested {
-            Some(p) if p != self.record.patient && p != format!("Patient/{}", self.record.patient) => {
+            Some(p)
+                if p != self.record.patient && p != format!("Patient/{}", self.record.patient) =>
+            {
                 Err(Error::Forbidden(format!(
                     "this session reaches only its own patient; `patient` {p} is not it"
                 )))

@@ -52,7 +52,8 @@ impl FakePlatform {
     /// Answers outbound requests with `handler`.
     pub fn on_send(
         &self,
-        handler: impl Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError> + 'static,
+        handler: impl Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError>
+            + 'static,
     ) {
         *self.handler.borrow_mut() = Some(Box::new(handler));
     }

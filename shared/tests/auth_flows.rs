@@ -1,0 +1,395 @@
+//! The authorization rules end to end over the ports: authorize → callback → session → refresh → revoke,
+//! against an in-memory CMS token endpoint that rotates refresh tokens like the real one.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use futures::executor::block_on;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use shared::handlers;
+use shared::ports::{HttpError, KeyValue};
+use shared::testing::FakePlatform;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+fn platform() -> FakePlatform {
+    FakePlatform::new()
+        .with_var("cms_base_url", "https://cms.test")
+        .with_var("cms_client_id", "client123")
+        .with_var("cms_client_secret", "secret456")
+        .with_var("redirect_uri", "http://127.0.0.1:3000/bluebutton/callback")
+        .with_var("cms_scopes", "patient/Patient.rs")
+        .with_var("token_key", KEY)
+}
+
+fn get(uri: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(uri).body(Vec::new()).unwrap()
+}
+
+fn form(req: &http::Request<Vec<u8>>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.body())
+        .into_owned()
+        .collect()
+}
+
+fn json_body(resp: &http::Response<Vec<u8>>) -> Value {
+    serde_json::from_slice(resp.body()).unwrap()
+}
+
+/// CMS's token endpoint: codes bound to a PKCE challenge, single-use rotating refresh tokens.
+#[derive(Default)]
+struct FakeCms {
+    challenges: HashMap<String, String>,
+    live_refresh: Vec<String>,
+    issued: u32,
+    fail_next: Vec<u16>,
+    revoked: bool,
+}
+
+fn token_json(cms: &mut FakeCms, ttl: i64) -> Value {
+    cms.issued += 1;
+    let refresh = format!("refresh-{}", cms.issued);
+    cms.live_refresh.push(refresh.clone());
+    json!({
+        "access_token": format!("access-{}", cms.issued),
+        "expires_in": ttl,
+        "token_type": "Bearer",
+        "scope": "patient/Patient.rs",
+        "refresh_token": refresh,
+        "patient": "-20140000010000",
+        "access_grant_expiration": "2027-12-29T21:20:00Z",
+    })
+}
+
+fn respond(status: u16, body: Value) -> Result<http::Response<Vec<u8>>, HttpError> {
+    Ok(http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .unwrap())
+}
+
+fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
+    let cms = Rc::new(RefCell::new(FakeCms::default()));
+    let state = cms.clone();
+    p.on_send(move |req| {
+        let mut cms = state.borrow_mut();
+        if let Some(status) = cms.fail_next.pop() {
+            return respond(status, json!({"detail": "injected"}));
+        }
+        let expected = format!("Basic {}", STANDARD.encode("client123:secret456"));
+        let auth = req
+            .headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap());
+        if auth != Some(expected.as_str()) {
+            return respond(401, json!({"error": "invalid_client"}));
+        }
+        let f = form(req);
+        match (req.uri().path(), f.get("grant_type").map(String::as_str)) {
+            ("/v2/o/token/", Some("authorization_code")) => {
+                let Some(challenge) = cms.challenges.remove(&f["code"]) else {
+                    return respond(400, json!({"error": "invalid_grant"}));
+                };
+                let computed =
+                    URL_SAFE_NO_PAD.encode(Sha256::digest(f["code_verifier"].as_bytes()));
+                if computed != challenge
+                    || f["redirect_uri"] != "http://127.0.0.1:3000/bluebutton/callback"
+                {
+                    return respond(400, json!({"error": "invalid_grant"}));
+                }
+                let body = token_json(&mut cms, ttl);
+                respond(200, body)
+            }
+            ("/v2/o/token/", Some("refresh_token")) => {
+                let token = &f["refresh_token"];
+                if cms.revoked || !cms.live_refresh.contains(token) {
+                    return respond(400, json!({"error": "invalid_grant"}));
+                }
+                cms.live_refresh.retain(|t| t != token);
+                let body = token_json(&mut cms, ttl);
+                respond(200, body)
+            }
+            ("/v2/o/revoke/", _) => {
+                cms.revoked = true;
+                cms.live_refresh.clear();
+                respond(200, json!({}))
+            }
+            _ => respond(404, json!({"detail": "Not found."})),
+        }
+    });
+    cms
+}
+
+/// Runs authorize, lets the fake CMS issue a code for the challenge, and returns the callback query.
+fn authorize(p: &FakePlatform, cms: &Rc<RefCell<FakeCms>>) -> String {
+    let resp = block_on(handlers::authorize(p, get("/bluebutton/authorize")));
+    assert_eq!(resp.status(), 302);
+    let location = resp.headers()["location"].to_str().unwrap();
+    let q: HashMap<String, String> = url::Url::parse(location)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let code = format!("code-{}", q["state"].len() + cms.borrow().challenges.len());
+    cms.borrow_mut()
+        .challenges
+        .insert(code.clone(), q["code_challenge"].clone());
+    format!("/bluebutton/callback?code={code}&state={}", q["state"])
+}
+
+fn login(p: &FakePlatform, cms: &Rc<RefCell<FakeCms>>) -> String {
+    let callback = authorize(p, cms);
+    let resp = block_on(handlers::callback(p, get(&callback)));
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(resp.body())
+    );
+    json_body(&resp)["session"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let callback = authorize(&p, &cms);
+    let resp = block_on(handlers::callback(&p, get(&callback)));
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body = json_body(&resp);
+    assert_eq!(body["patient"], "-20140000010000");
+    assert_eq!(body["scope"], "patient/Patient.rs");
+    assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
+    let session = body["session"].as_str().unwrap();
+    assert!(
+        !body.to_string().contains("access-1"),
+        "CMS tokens never leave"
+    );
+
+    let token_request = &p.sent.borrow()[0];
+    assert_eq!(token_request.method(), http::Method::POST);
+    let f = form(token_request);
+    assert_eq!(f["grant_type"], "authorization_code");
+    assert!(f.contains_key("code_verifier"));
+
+    let at_rest = format!("{:?}", p.store.borrow());
+    for secret in ["access-1", "refresh-1", session] {
+        assert!(!at_rest.contains(secret), "{secret} stored in plain text");
+    }
+    // A replayed callback fails before reaching CMS.
+    let calls = p.sent.borrow().len();
+    let replay = block_on(handlers::callback(&p, get(&callback)));
+    assert_eq!(replay.status(), 400);
+    assert_eq!(p.sent.borrow().len(), calls);
+}
+
+#[test]
+fn denied_consent_is_403_and_consumes_the_state() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let callback = authorize(&p, &cms);
+    let state = callback.split("state=").nth(1).unwrap();
+    let resp = block_on(handlers::callback(
+        &p,
+        get(&format!(
+            "/bluebutton/callback?error=access_denied&state={state}"
+        )),
+    ));
+    assert_eq!(resp.status(), 403);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("declined"));
+    assert!(p.keys().unwrap().is_empty(), "state consumed");
+    assert!(p.sent.borrow().is_empty());
+}
+
+#[test]
+fn cms_refusals_and_outages_map_to_clear_gateway_errors() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    // A code CMS does not know: CMS's `error` is in the detail.
+    let callback = authorize(&p, &cms);
+    let forged = callback.replace("code=code-", "code=other-");
+    let resp = block_on(handlers::callback(&p, get(&forged)));
+    assert_eq!(resp.status(), 502);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_grant"));
+
+    // Transient 503s are retried.
+    let callback = authorize(&p, &cms);
+    cms.borrow_mut().fail_next = vec![503, 503];
+    let resp = block_on(handlers::callback(&p, get(&callback)));
+    assert_eq!(resp.status(), 200);
+
+    // A wrong client secret: CMS's 401 invalid_client becomes a 502 naming it.
+    let p2 = platform().with_var("cms_client_secret", "wrong");
+    let cms2 = install_cms(&p2, 3600);
+    let callback = authorize(&p2, &cms2);
+    let resp = block_on(handlers::callback(&p2, get(&callback)));
+    assert_eq!(resp.status(), 502);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("invalid_client"));
+}
+
+#[test]
+fn a_bad_token_key_is_a_clear_500_without_burning_the_state() {
+    let p = platform().with_var("token_key", "too-short");
+    let cms = install_cms(&p, 3600);
+    let callback = authorize(&p, &cms);
+    let resp = block_on(handlers::callback(&p, get(&callback)));
+    assert_eq!(resp.status(), 500);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("token_key"));
+    assert_eq!(p.keys().unwrap().len(), 1, "the state is still usable");
+}
+
+fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
+    let req = http::Request::get("/bluebutton/fhir/Patient")
+        .header("spin-path-info", "/Patient")
+        .header("Authorization", format!("Bearer {session}"))
+        .body(Vec::new())
+        .unwrap();
+    block_on(handlers::fhir_fetch(p, req))
+}
+
+#[test]
+fn tokens_are_refreshed_early_and_rotation_is_persisted() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    // Past the refresh margin: the next call refreshes first.
+    p.advance(Duration::from_secs(3600 - 30));
+    let refreshes = Rc::new(RefCell::new(0));
+    install_cms_with_fhir(&p, cms.clone(), refreshes.clone());
+    let resp = fhir(&p, &session);
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(resp.body())
+    );
+    assert_eq!(*refreshes.borrow(), 1);
+    // The rotated token set was stored: a later request uses access-2 without refreshing again.
+    let resp = fhir(&p, &session);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(*refreshes.borrow(), 1);
+}
+
+/// One handler for token and FHIR routes, counting refreshes.
+fn install_cms_with_fhir(p: &FakePlatform, cms: Rc<RefCell<FakeCms>>, refreshes: Rc<RefCell<u32>>) {
+    p.on_send(move |req| {
+        let mut c = cms.borrow_mut();
+        if req.uri().path().starts_with("/v2/fhir/") {
+            let auth = req.headers()["authorization"].to_str().unwrap();
+            if c.revoked || auth != format!("Bearer access-{}", c.issued) {
+                return respond(401, json!({"detail": "Authentication credentials were not provided."}));
+            }
+            return respond(
+                200,
+                json!({"resourceType": "Bundle", "type": "searchset", "total": 1,
+                       "entry": [{"resource": {"resourceType": "Patient", "id": "-20140000010000"}}]}),
+            );
+        }
+        let f = form(req);
+        match req.uri().path() {
+            "/v2/o/token/" if f["grant_type"] == "refresh_token" => {
+                *refreshes.borrow_mut() += 1;
+                let token = &f["refresh_token"];
+                if c.revoked || !c.live_refresh.contains(token) {
+                    return respond(400, json!({"error": "invalid_grant"}));
+                }
+                c.live_refresh.retain(|t| t != token);
+                let body = token_json(&mut c, 3600);
+                respond(200, body)
+            }
+            "/v2/o/revoke/" => {
+                c.revoked = true;
+                c.live_refresh.clear();
+                respond(200, json!({}))
+            }
+            _ => respond(404, json!({})),
+        }
+    });
+}
+
+#[test]
+fn a_concurrent_refresh_that_lost_the_race_uses_the_winners_tokens() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    p.advance(Duration::from_secs(3600 - 30));
+    let refreshes = Rc::new(RefCell::new(0));
+    install_cms_with_fhir(&p, cms.clone(), refreshes.clone());
+
+    let key = shared::crypto::TokenKey::parse(KEY).unwrap();
+    let ctx = shared::tokens::TokenContext::load(&p).unwrap();
+    // Two requests read the same session before either refreshes.
+    let mut first = shared::session::authenticate(&p, &key, Some(&session)).unwrap();
+    let mut second = shared::session::authenticate(&p, &key, Some(&session)).unwrap();
+    let a = block_on(shared::tokens::access_token(&p, &ctx, &mut first, false)).unwrap();
+    let b = block_on(shared::tokens::access_token(&p, &ctx, &mut second, false)).unwrap();
+    assert_eq!(a, "access-2");
+    assert_eq!(
+        b, "access-2",
+        "the loser re-read the store instead of failing"
+    );
+    assert_eq!(
+        *refreshes.borrow(),
+        2,
+        "the loser's refresh was refused by CMS"
+    );
+    assert_eq!(fhir(&p, &session).status(), 200);
+}
+
+#[test]
+fn revoke_ends_the_session_and_a_dead_grant_asks_to_authorize_again() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    let other = login(&p, &cms);
+    install_cms_with_fhir(&p, cms.clone(), Rc::default());
+    let delete = http::Request::delete("/bluebutton/session")
+        .header("Authorization", format!("Bearer {session}"))
+        .body(Vec::new())
+        .unwrap();
+    let resp = block_on(handlers::callback(&p, delete));
+    assert_eq!(resp.status(), 204);
+    assert!(cms.borrow().revoked);
+    assert_eq!(fhir(&p, &session).status(), 401);
+    // The grant is gone at CMS for the other session too: its refresh is refused → 401, authorize again.
+    p.advance(Duration::from_secs(3600));
+    let resp = fhir(&p, &other);
+    assert_eq!(resp.status(), 401);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("authorize again"));
+}
+
+#[test]
+fn another_patients_id_is_forbidden() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    install_cms_with_fhir(&p, cms, Rc::default());
+    let req = http::Request::get("/bluebutton/fhir/Patient?patient=-19990000000001")
+        .header("spin-path-info", "/Patient")
+        .header("Authorization", format!("Bearer {session}"))
+        .body(Vec::new())
+        .unwrap();
+    assert_eq!(block_on(handlers::fhir_fetch(&p, req)).status(), 403);
+}
