@@ -108,7 +108,8 @@ async fn callback_inner(platform: &impl Platform, req: &Request) -> Result<Respo
     let key = crate::crypto::TokenKey::load(platform)?;
     let state = web::query_param(req, "state");
     if let Some(error) = web::query_param(req, "error") {
-        let _ = oauth::take_state(platform, state.as_deref());
+        // Only an answer to a request we made (a known state) is believed, and it uses the state up.
+        oauth::take_state(platform, state.as_deref())?;
         return Err(if error == "access_denied" {
             Error::Forbidden(
                 "the beneficiary declined to share their data with this app at CMS".into(),

@@ -1,6 +1,8 @@
 //! A session's access token, refreshed early. CMS rotates refresh tokens and each works once, so when two
 //! requests refresh at once the loser's `invalid_grant` is not the end: the winner stored a newer token set.
 
+use std::time::Duration;
+
 use crate::config::OAuthClient;
 use crate::crypto::TokenKey;
 use crate::oauth::{self, TokenFailure};
@@ -55,12 +57,16 @@ pub async fn access_token(
             Ok(session.tokens.access_token.clone())
         }
         Err(TokenFailure::Refused(error)) => {
-            let latest = session::load(platform, &ctx.key, &session.hash)?;
-            if latest.tokens.refresh_token != session.tokens.refresh_token
-                && !needs_refresh(&latest, now)
-            {
-                *session = latest;
-                return Ok(session.tokens.access_token.clone());
+            // The winner of a race may still be storing what CMS gave it: look a few times.
+            for wait_ms in [0, 100, 250, 500] {
+                platform.sleep(Duration::from_millis(wait_ms)).await;
+                let latest = session::load(platform, &ctx.key, &session.hash)?;
+                if latest.tokens.refresh_token != session.tokens.refresh_token
+                    && !needs_refresh(&latest, now)
+                {
+                    *session = latest;
+                    return Ok(session.tokens.access_token.clone());
+                }
             }
             Err(Error::Unauthorized(format!(
                 "CMS no longer accepts this session's grant (`{error}`): authorize again at \

@@ -2,6 +2,7 @@
 //! from the real `spin.toml`, and emulators of the two services we do not own (CMS Blue Button 2.0 and
 //! LinuxForHealth connect).
 
+pub mod beneficiary;
 pub mod cms_sandbox;
 pub mod connect_sandbox;
 pub mod host;

@@ -57,7 +57,11 @@ pub fn token_key() -> String {
 
 /// Starts an app from a manifest in this process on a free loopback port. `variables` are `name=value`;
 /// the process environment is not consulted, so tests do not depend on it.
-pub async fn start(manifest: &Path, variables: &[String], kv_file: Option<&Path>) -> Result<RunningHost> {
+pub async fn start(
+    manifest: &Path,
+    variables: &[String],
+    kv_file: Option<&Path>,
+) -> Result<RunningHost> {
     build_wasm();
     let app = App::load(&HostOptions {
         manifest: manifest.to_path_buf(),
@@ -102,7 +106,10 @@ pub fn spawn_until_listening(binary: &Path, args: &[String]) -> Result<Child> {
             .or_else(|| line.strip_prefix("Serving "))
         {
             let url = url::Url::parse(rest.trim())?;
-            let host = url.host_str().context("host")?.trim_matches(|c| c == '[' || c == ']');
+            let host = url
+                .host_str()
+                .context("host")?
+                .trim_matches(|c| c == '[' || c == ']');
             break SocketAddr::new(host.parse()?, url.port().context("port")?);
         }
     };
@@ -110,4 +117,79 @@ pub fn spawn_until_listening(binary: &Path, args: &[String]) -> Result<Child> {
     std::thread::spawn(move || for _ in lines {});
     ensure!(addr.ip().is_loopback(), "listening off loopback");
     Ok(Child { process, addr })
+}
+
+/// A free loopback port (bound and released: the caller binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub const CLIENT_ID: &str = "bluebuttonspinTestClient0123456789abcdef";
+pub const CLIENT_SECRET: &str = "test-client-secret-for-the-emulator";
+pub const ADMIN_KEY: &str = "admin-key-for-the-tests";
+
+/// The app under test on `spin-host`, wired to a `cms-sandbox` (and optionally a connect emulator).
+pub struct Stack {
+    pub cms: crate::cms_sandbox::CmsSandbox,
+    pub host: RunningHost,
+}
+
+impl Stack {
+    /// `configure` adjusts the emulator's options; `extra` adds or overrides app variables.
+    pub async fn start(
+        configure: impl FnOnce(&mut crate::cms_sandbox::Options),
+        extra: &[String],
+    ) -> Result<Stack> {
+        let port = free_port();
+        let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
+        let mut options = crate::cms_sandbox::Options {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uri: redirect_uri.clone(),
+            ..Default::default()
+        };
+        configure(&mut options);
+        let cms =
+            crate::cms_sandbox::CmsSandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
+                .await?;
+        let mut variables = vec![
+            format!("cms_base_url={}", cms.base_url()),
+            format!("cms_client_id={CLIENT_ID}"),
+            format!("cms_client_secret={CLIENT_SECRET}"),
+            format!("redirect_uri={redirect_uri}"),
+            format!("token_key={}", token_key()),
+            format!("admin_api_key={ADMIN_KEY}"),
+        ];
+        variables.extend_from_slice(extra);
+        build_wasm();
+        let app = App::load(&HostOptions {
+            manifest: workspace_root().join("spin.toml"),
+            variables,
+            kv_file: None,
+            runtime_config: None,
+            env: Some(Default::default()),
+        })?;
+        let host = serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        Ok(Stack { cms, host })
+    }
+
+    pub fn base_url(&self) -> String {
+        self.host.base_url()
+    }
+
+    /// Every key and value in the app's default store, as text (for at-rest checks).
+    pub fn store_dump(&self) -> String {
+        self.host
+            .app
+            .kv_store("default")
+            .expect("default store")
+            .dump()
+            .expect("dump")
+            .into_iter()
+            .map(|(k, v)| format!("{k} = {}\n", String::from_utf8_lossy(&v)))
+            .collect()
+    }
 }
