@@ -1,12 +1,19 @@
-//! `GET /bluebutton/fhir/{Patient|Coverage|ExplanationOfBenefit}`: a session's claims data from CMS.
+//! `GET /bluebutton/fhir/{Patient|Coverage|ExplanationOfBenefit}`: a session's claims data from CMS,
+//! every page, streamed as one Bundle.
 //!
 //! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
 #![cfg(target_arch = "wasm32")]
 
-use shared::spin::SpinPlatform;
+use shared::ports::write_full;
+use shared::spin::{read_request, SpinPlatform, SpinResponseWriter};
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use spin_sdk::http_component;
 
 #[http_component]
-async fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-    shared::handlers::fhir_fetch(&SpinPlatform::new(), req).await
+async fn handle(req: IncomingRequest, outparam: ResponseOutparam) {
+    let writer = SpinResponseWriter::new(outparam);
+    match read_request(req).await {
+        Ok(req) => shared::handlers::fhir_fetch(&SpinPlatform::new(), req, writer).await,
+        Err(detail) => write_full(writer, shared::Error::BadRequest(detail).into_response()),
+    }
 }

@@ -2,8 +2,8 @@
 //! fetched concurrently once `total` tells how many there are, else by following `next`), retries, and
 //! one merged searchset Bundle in CMS order.
 
-use futures::stream::{self, StreamExt};
-use serde_json::{json, Value};
+use futures::stream::{self, LocalBoxStream, StreamExt};
+use serde_json::Value;
 use url::Url;
 
 use crate::ports::Platform;
@@ -35,13 +35,6 @@ pub struct SearchRequest {
     pub filters: Vec<(String, String)>,
 }
 
-#[derive(Debug)]
-pub struct SearchResult {
-    pub entries: Vec<Value>,
-    pub pages: usize,
-    pub retries: u32,
-}
-
 /// Which filters a caller may pass through for a type (anything else is refused, not silently dropped).
 pub fn allowed_filter(resource_type: &str, name: &str) -> bool {
     name == "_lastUpdated"
@@ -66,77 +59,89 @@ fn page_url(base: &str, search: &SearchRequest, patient: &str, start: Option<u64
     url.into()
 }
 
-struct Page {
-    entries: Vec<Value>,
-    total: Option<u64>,
-    next: Option<String>,
-    retries: u32,
+pub struct Page {
+    pub entries: Vec<Value>,
+    pub total: Option<u64>,
+    pub next: Option<String>,
+    pub retries: u32,
 }
 
-/// Fetches every page of the session's resources of one type.
-pub async fn search(
-    platform: &impl Platform,
+/// A search under way: the first page, and the rest as a stream in CMS order (numbered from 2).
+pub struct Pages<'a> {
+    pub first: Page,
+    /// How many pages there are in all, when CMS said `total`.
+    pub planned: Option<usize>,
+    pub rest: LocalBoxStream<'a, (usize, Result<Page, Error>)>,
+}
+
+/// Fetches the first page, and plans the rest: by `startIndex` (concurrently, in order) when `total` is
+/// known, else by following `next`.
+pub async fn pages<'a>(
+    platform: &'a impl Platform,
     ctx: &TokenContext,
     session: &mut Session,
-    search: &SearchRequest,
-) -> Result<SearchResult, Error> {
+    search: &'a SearchRequest,
+) -> Result<Pages<'a>, Error> {
     let base = ctx.client.cms_base_url.clone();
     let patient = session.record.patient.clone();
     let mut token = tokens::access_token(platform, ctx, session, false).await?;
     let first_url = page_url(&base, search, &patient, None);
-    let first = match fetch_page(platform, &first_url, &token, 0).await {
+    let first = match fetch_page(platform, &first_url, &token).await {
         Err(PageError::Unauthorized) => {
             // The token died early (revoked, or CMS restarted): one forced refresh, then give up.
             token = tokens::access_token(platform, ctx, session, true).await?;
-            fetch_page(platform, &first_url, &token, 0).await
+            fetch_page(platform, &first_url, &token).await
         }
         other => other,
     }
     .map_err(|e| e.into_error(1))?;
-    let mut retries = first.retries;
-    let mut entries = first.entries;
-    let mut pages = 1;
-    match first.total {
-        Some(total) if total > entries.len() as u64 && !entries.is_empty() => {
+    let (planned, rest) = match first.total {
+        Some(total) => {
             // startIndex counts entries, in steps of the page size we asked for.
-            let step = search.page_size;
-            let starts: Vec<u64> = (1..).map(|k| k * step).take_while(|s| *s < total).collect();
-            let results: Vec<(usize, Result<Page, PageError>)> =
-                stream::iter(starts.iter().enumerate())
-                    .map(|(i, start)| {
-                        let url = page_url(&base, search, &patient, Some(*start));
-                        let token = token.clone();
-                        async move { (i + 2, fetch_page(platform, &url, &token, 0).await) }
-                    })
-                    .buffered(search.concurrency.max(1))
-                    .collect()
-                    .await;
-            for (number, result) in results {
-                let page = result.map_err(|e| e.into_error(number))?;
-                retries += page.retries;
-                entries.extend(page.entries);
-                pages += 1;
-            }
+            let step = search.page_size.max(1);
+            let starts: Vec<u64> = (1..)
+                .map(|k| k * step)
+                .take_while(|s| *s < total && !first.entries.is_empty())
+                .collect();
+            let planned = 1 + starts.len();
+            let rest = stream::iter(starts.into_iter().enumerate())
+                .map(move |(i, start)| {
+                    let url = page_url(&base, search, &patient, Some(start));
+                    let token = token.clone();
+                    async move {
+                        let page = fetch_page(platform, &url, &token).await;
+                        (i + 2, page.map_err(|e| e.into_error(i + 2)))
+                    }
+                })
+                .buffered(search.concurrency.max(1))
+                .boxed_local();
+            (Some(planned), rest)
         }
-        Some(_) => {}
         None => {
-            let mut next = first.next;
-            while let Some(url) = next {
-                check_same_origin(&url, &base)?;
-                pages += 1;
-                let page = fetch_page(platform, &url, &token, 0)
-                    .await
-                    .map_err(|e| e.into_error(pages))?;
-                retries += page.retries;
-                entries.extend(page.entries);
-                next = page.next;
-            }
+            let rest = stream::unfold((first.next.clone(), 2usize), move |(next, number)| {
+                let token = token.clone();
+                let base = base.clone();
+                async move {
+                    let url = next?;
+                    let page = match check_same_origin(&url, &base) {
+                        Ok(()) => fetch_page(platform, &url, &token)
+                            .await
+                            .map_err(|e| e.into_error(number)),
+                        Err(e) => Err(e),
+                    };
+                    // After a failure the stream ends: nothing follows a missing page.
+                    let following = page.as_ref().ok().and_then(|p| p.next.clone());
+                    Some(((number, page), (following, number + 1)))
+                }
+            })
+            .boxed_local();
+            (None, rest)
         }
-    }
-    Ok(SearchResult {
-        entries,
-        pages,
-        retries,
+    };
+    Ok(Pages {
+        first,
+        planned,
+        rest,
     })
 }
 
@@ -191,7 +196,6 @@ async fn fetch_page(
     platform: &impl Platform,
     url: &str,
     token: &str,
-    _attempt: u32,
 ) -> Result<Page, PageError> {
     let request = http::Request::get(url)
         .header("Authorization", format!("Bearer {token}"))
@@ -246,13 +250,90 @@ async fn fetch_page(
     })
 }
 
-/// One searchset Bundle with every entry once, in CMS order.
-pub fn merged_bundle(self_url: &str, entries: Vec<Value>) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": entries.len(),
-        "link": [{"relation": "self", "url": self_url}],
-        "entry": entries.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>(),
-    })
+
+/// `watermark:{patient}:{type}`: the newest `meta.lastUpdated` of the last complete fetch.
+fn watermark_key(patient: &str, resource_type: &str) -> String {
+    format!("watermark:{patient}:{resource_type}")
+}
+
+pub fn load_watermark(
+    platform: &impl crate::ports::KeyValue,
+    patient: &str,
+    resource_type: &str,
+) -> Result<Option<String>, Error> {
+    Ok(platform
+        .get(&watermark_key(patient, resource_type))?
+        .and_then(|v| String::from_utf8(v).ok()))
+}
+
+pub fn store_watermark(
+    platform: &impl crate::ports::KeyValue,
+    patient: &str,
+    resource_type: &str,
+    value: &str,
+) -> Result<(), Error> {
+    platform.set(&watermark_key(patient, resource_type), value.as_bytes())?;
+    Ok(())
+}
+
+/// A resource's `meta.lastUpdated`, parsed.
+pub fn last_updated(resource: &Value) -> Option<time::OffsetDateTime> {
+    let text = resource.get("meta")?.get("lastUpdated")?.as_str()?;
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// `Type/id`, the identity of a resource within a Bundle.
+pub fn resource_key(resource: &Value) -> Option<String> {
+    Some(format!(
+        "{}/{}",
+        resource.get("resourceType")?.as_str()?,
+        resource.get("id")?.as_str()?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_type_names_the_patient_its_own_way() {
+        assert_eq!(patient_param("Patient"), Some("_id"));
+        assert_eq!(patient_param("Coverage"), Some("beneficiary"));
+        assert_eq!(patient_param("ExplanationOfBenefit"), Some("patient"));
+        assert_eq!(patient_param("Encounter"), None);
+    }
+
+    #[test]
+    fn page_urls_carry_count_filters_and_offsets() {
+        let search = SearchRequest {
+            resource_type: "ExplanationOfBenefit".into(),
+            page_size: 50,
+            concurrency: 4,
+            filters: vec![
+                ("_lastUpdated".into(), "gt2024-01-01".into()),
+                ("type".into(), "carrier,pde".into()),
+            ],
+        };
+        let url = page_url("https://cms.test", &search, "-1", Some(100));
+        assert_eq!(
+            url,
+            "https://cms.test/v2/fhir/ExplanationOfBenefit/?patient=-1&_count=50\
+             &_lastUpdated=gt2024-01-01&type=carrier%2Cpde&startIndex=100"
+        );
+    }
+
+    #[test]
+    fn next_links_must_stay_on_the_cms_origin() {
+        assert!(check_same_origin("https://cms.test/v2/fhir/X?startIndex=10", "https://cms.test").is_ok());
+        assert!(check_same_origin("https://evil.test/v2/fhir/X", "https://cms.test").is_err());
+        assert!(check_same_origin("http://cms.test/v2/fhir/X", "https://cms.test").is_err());
+    }
+
+    #[test]
+    fn filters_per_type() {
+        assert!(allowed_filter("Patient", "_lastUpdated"));
+        assert!(!allowed_filter("Patient", "type"));
+        assert!(allowed_filter("ExplanationOfBenefit", "service-date"));
+        assert!(!allowed_filter("Coverage", "startIndex"));
+    }
 }

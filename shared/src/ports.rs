@@ -57,3 +57,24 @@ pub trait Variables {
 /// Everything a request handler may use.
 pub trait Platform: KeyValue + HttpClient + Clock + Random + Variables {}
 impl<T: KeyValue + HttpClient + Clock + Random + Variables> Platform for T {}
+
+/// Where a response goes, possibly streamed: status and headers once, then body chunks.
+pub trait ResponseWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String>;
+    fn write(&mut self, chunk: &[u8]) -> Result<(), String>;
+    /// Ends the body. `complete: false` aborts it, so a client sees a broken response, never a partial one
+    /// that looks whole.
+    fn finish(self, complete: bool);
+}
+
+/// Sends a whole, already built response.
+pub fn write_full(mut writer: impl ResponseWriter, resp: http::Response<Vec<u8>>) {
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let ok = writer.start(resp.status().as_u16(), &headers).is_ok()
+        && writer.write(resp.body()).is_ok();
+    writer.finish(ok);
+}

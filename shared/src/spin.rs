@@ -122,3 +122,71 @@ impl Variables for SpinPlatform {
         }
     }
 }
+
+/// Writes a response through Spin's response outparam, streaming the body.
+pub struct SpinResponseWriter {
+    outparam: Option<spin_sdk::http::ResponseOutparam>,
+    body: Option<(spin_sdk::http::OutgoingBody, SpinOutputStream)>,
+}
+
+type SpinOutputStream = wasi::io::streams::OutputStream;
+
+impl SpinResponseWriter {
+    pub fn new(outparam: spin_sdk::http::ResponseOutparam) -> Self {
+        SpinResponseWriter {
+            outparam: Some(outparam),
+            body: None,
+        }
+    }
+}
+
+impl crate::ports::ResponseWriter for SpinResponseWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
+        let outparam = self.outparam.take().ok_or("the response was already started")?;
+        let fields: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+            .collect();
+        let fields = spin_sdk::http::Fields::from_list(&fields).map_err(|e| format!("{e:?}"))?;
+        let response = spin_sdk::http::OutgoingResponse::new(fields);
+        response
+            .set_status_code(status)
+            .map_err(|()| format!("invalid status {status}"))?;
+        let body = response.body().map_err(|()| "no response body")?;
+        let stream = body.write().map_err(|()| "response body not writable")?;
+        outparam.set(response);
+        self.body = Some((body, stream));
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let (_, stream) = self.body.as_ref().ok_or("the response was not started")?;
+        // `blocking-write-and-flush` takes at most 4096 bytes per call.
+        for piece in chunk.chunks(4096) {
+            stream
+                .blocking_write_and_flush(piece)
+                .map_err(|e| format!("the client went away: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, complete: bool) {
+        if let Some((body, stream)) = self.body.take() {
+            drop(stream);
+            if complete {
+                let _ = spin_sdk::http::OutgoingBody::finish(body, None);
+            }
+            // Dropped unfinished, the body is reported to the client as broken.
+        }
+    }
+}
+
+/// Reads a Spin request into plain `http` types.
+pub async fn read_request(
+    req: spin_sdk::http::IncomingRequest,
+) -> Result<http::Request<Vec<u8>>, String> {
+    use spin_sdk::http::conversions::TryFromIncomingRequest;
+    http::Request::<Vec<u8>>::try_from_incoming_request(req)
+        .await
+        .map_err(|e| e.to_string())
+}

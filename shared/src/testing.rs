@@ -136,3 +136,45 @@ impl Variables for FakePlatform {
         Ok(self.vars.get(name).cloned())
     }
 }
+
+/// Collects a (possibly streamed) response in memory.
+#[derive(Debug, Default, Clone)]
+pub struct CapturedResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// How many `write` calls: more than one means the body was streamed.
+    pub writes: usize,
+    pub complete: Option<bool>,
+}
+
+/// A [`ResponseWriter`](crate::ports::ResponseWriter) into a shared [`CapturedResponse`].
+#[derive(Clone, Default)]
+pub struct CaptureWriter(pub Rc<RefCell<CapturedResponse>>);
+
+impl CapturedResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl crate::ports::ResponseWriter for CaptureWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
+        let mut c = self.0.borrow_mut();
+        c.status = status;
+        c.headers = headers.to_vec();
+        Ok(())
+    }
+    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let mut c = self.0.borrow_mut();
+        c.body.extend_from_slice(chunk);
+        c.writes += 1;
+        Ok(())
+    }
+    fn finish(self, complete: bool) {
+        self.0.borrow_mut().complete = Some(complete);
+    }
+}

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use shared::handlers;
 use shared::ports::{HttpError, KeyValue};
-use shared::testing::FakePlatform;
+use shared::testing::{CaptureWriter, FakePlatform};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -257,13 +257,23 @@ fn a_bad_token_key_is_a_clear_500_without_burning_the_state() {
     assert_eq!(p.keys().unwrap().len(), 1, "the state is still usable");
 }
 
+fn fhir_request(p: &FakePlatform, req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+    let writer = CaptureWriter::default();
+    block_on(handlers::fhir_fetch(p, req, writer.clone()));
+    let captured = writer.0.borrow().clone();
+    assert_eq!(captured.complete, Some(true));
+    let mut resp = http::Response::new(captured.body);
+    *resp.status_mut() = http::StatusCode::from_u16(captured.status).unwrap();
+    resp
+}
+
 fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
     let req = http::Request::get("/bluebutton/fhir/Patient")
         .header("spin-path-info", "/Patient")
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();
-    block_on(handlers::fhir_fetch(p, req))
+    fhir_request(p, req)
 }
 
 #[test]
@@ -391,5 +401,5 @@ fn another_patients_id_is_forbidden() {
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();
-    assert_eq!(block_on(handlers::fhir_fetch(&p, req)).status(), 403);
+    assert_eq!(fhir_request(&p, req).status(), 403);
 }
