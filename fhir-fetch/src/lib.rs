@@ -13,7 +13,7 @@ use spin_sdk::http_component;
 async fn handle(req: IncomingRequest, outparam: ResponseOutparam) {
     let writer = SpinResponseWriter::new(outparam);
     match read_request(req).await {
-        Ok(req) => shared::handlers::fhir_fetch(&SpinPlatform::new(), req, writer).await,
+        Ok(req) => shared::fetch::handle(&SpinPlatform::new(), req, writer).await,
         Err(detail) => write_full(writer, shared::Error::BadRequest(detail).into_response()),
     }
 }

@@ -192,11 +192,7 @@ impl PageError {
     }
 }
 
-async fn fetch_page(
-    platform: &impl Platform,
-    url: &str,
-    token: &str,
-) -> Result<Page, PageError> {
+async fn fetch_page(platform: &impl Platform, url: &str, token: &str) -> Result<Page, PageError> {
     let request = http::Request::get(url)
         .header("Authorization", format!("Bearer {token}"))
         .header("Accept", "application/fhir+json")
@@ -249,7 +245,6 @@ async fn fetch_page(
         retries: retried.retries,
     })
 }
-
 
 /// `watermark:{patient}:{type}`: the newest `meta.lastUpdated` of the last complete fetch.
 fn watermark_key(patient: &str, resource_type: &str) -> String {
@@ -324,7 +319,11 @@ mod tests {
 
     #[test]
     fn next_links_must_stay_on_the_cms_origin() {
-        assert!(check_same_origin("https://cms.test/v2/fhir/X?startIndex=10", "https://cms.test").is_ok());
+        assert!(check_same_origin(
+            "https://cms.test/v2/fhir/X?startIndex=10",
+            "https://cms.test"
+        )
+        .is_ok());
         assert!(check_same_origin("https://evil.test/v2/fhir/X", "https://cms.test").is_err());
         assert!(check_same_origin("http://cms.test/v2/fhir/X", "https://cms.test").is_err());
     }

@@ -1,8 +1,9 @@
 //! One function per route: parse the request, apply the rules, answer. Components only adapt Spin to these.
 
 use crate::config::{self, OAuthClient};
+use crate::connect::{ConnectConfig, Delivery};
 use crate::oauth;
-use crate::ports::{write_full, Platform, ResponseWriter};
+use crate::ports::Platform;
 use crate::problem::Error;
 use crate::web::{self, json_response, no_store, Request, Response};
 
@@ -156,295 +157,100 @@ async fn callback_inner(platform: &impl Platform, req: &Request) -> Result<Respo
     Ok(no_store(json_response(200, &body)))
 }
 
-/// `GET /bluebutton/fhir/{type}`: every page of the session's resources of that type, as one searchset
-/// Bundle, streamed once it outgrows `response_buffer_bytes`.
-pub async fn fhir_fetch(platform: &impl Platform, req: Request, writer: impl ResponseWriter) {
-    let started = platform.now();
-    let (ctx, mut session, search, since) = match prepare_fetch(platform, &req) {
-        Ok(prepared) => prepared,
-        Err(err) => return write_full(writer, err.into_response()),
-    };
-    let budget = match config::number(platform, "response_buffer_bytes", 8 << 20, 0..=1 << 30) {
-        Ok(n) => n as usize,
-        Err(err) => return write_full(writer, err.into_response()),
-    };
-    let pages = match crate::fhir::pages(platform, &ctx, &mut session, &search).await {
-        Ok(pages) => pages,
-        Err(err) => return write_full(writer, err.into_response()),
-    };
-    let self_url = web::header(&req, "spin-full-url")
-        .map(str::to_string)
-        .unwrap_or_else(|| req.uri().to_string());
-    let mut out = BundleOut::new(writer, budget, &self_url, pages.planned);
-    let crate::fhir::Pages { first, rest, .. } = pages;
-    out.add_page(first);
-    let mut rest = rest;
-    while let Some((_, page)) = futures::StreamExt::next(&mut rest).await {
-        match page {
-            Ok(page) => out.add_page(page),
-            Err(err) => return out.fail(err),
-        }
-        if out.broken {
-            return out.fail(Error::BadGateway("the client went away".into()));
-        }
-    }
-    // Only a complete, unfiltered (or `since=last`) fetch moves the watermark.
-    if let (Some(newest), true) = (out.newest, since.is_some() || search.filters.is_empty()) {
-        let stamp = newest
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let patient = &session.record.patient;
-        if let Err(err) = crate::fhir::store_watermark(platform, patient, &search.resource_type, &stamp)
-        {
-            return out.fail(err);
-        }
-    }
-    let elapsed = platform.now() - started;
-    eprintln!(
-        "fhir-fetch: {} pages={} entries={} retries={} duplicates_dropped={} streamed={} ms={}",
-        search.resource_type,
-        out.pages,
-        out.entries,
-        out.retries,
-        out.duplicates,
-        out.started,
-        elapsed.whole_milliseconds()
-    );
-    out.finish();
-}
-
-type Prepared = (
-    crate::tokens::TokenContext,
-    crate::session::Session,
-    crate::fhir::SearchRequest,
-    Option<String>,
-);
-
-fn prepare_fetch(platform: &impl Platform, req: &Request) -> Result<Prepared, Error> {
-    let info = path_info(req);
-    let resource_type = info.trim_matches('/');
-    if crate::fhir::patient_param(resource_type).is_none() {
-        return Err(Error::NotFound(format!(
-            "no such resource type `{resource_type}`: use one of {}",
-            RESOURCE_TYPES.join(", ")
-        )));
-    }
-    require_get(req)?;
-    let ctx = crate::tokens::TokenContext::load(platform)?;
-    let page_size = config::number(platform, "page_size", 50, 1..=50)?;
-    let concurrency = config::number(platform, "fetch_concurrency", 4, 1..=16)? as usize;
-    let session = crate::session::authenticate(platform, &ctx.key, web::bearer(req))?;
-    let mut filters = Vec::new();
-    let mut since = None;
-    for (name, value) in web::query_pairs(req) {
-        match name.as_str() {
-            "patient" => session.check_patient(Some(&value))?,
-            "since" if value == "last" => since = Some(value),
-            "since" => {
-                return Err(Error::BadRequest(
-                    "`since` takes one value, `last`: what changed since the last complete fetch"
-                        .into(),
-                ))
-            }
-            n if crate::fhir::allowed_filter(resource_type, n) => filters.push((name, value)),
-            _ => {
-                return Err(Error::BadRequest(format!(
-                    "`{name}` is not a parameter of /bluebutton/fhir/{resource_type}"
-                )))
-            }
-        }
-    }
-    if since.is_some() {
-        if let Some(mark) =
-            crate::fhir::load_watermark(platform, &session.record.patient, resource_type)?
-        {
-            filters.push(("_lastUpdated".into(), format!("gt{mark}")));
-        }
-    }
-    let search = crate::fhir::SearchRequest {
-        resource_type: resource_type.to_string(),
-        page_size,
-        concurrency,
-        filters,
-    };
-    Ok((ctx, session, search, since))
-}
-
-/// Writes the merged Bundle: held in memory while small (so a failing page can still become a 502
-/// problem), streamed page by page once it outgrows the budget (so memory stays bounded).
-struct BundleOut<W: ResponseWriter> {
-    writer: Option<W>,
-    buffer: Vec<u8>,
-    budget: usize,
-    planned: Option<usize>,
-    started: bool,
-    broken: bool,
-    entries: usize,
-    pages: usize,
-    retries: u32,
-    duplicates: usize,
-    seen: std::collections::HashSet<String>,
-    newest: Option<time::OffsetDateTime>,
-}
-
-impl<W: ResponseWriter> BundleOut<W> {
-    fn new(writer: W, budget: usize, self_url: &str, planned: Option<usize>) -> Self {
-        let mut buffer = br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"#.to_vec();
-        serde_json::to_writer(&mut buffer, self_url).expect("a string serializes");
-        buffer.extend_from_slice(br#"}],"entry":["#);
-        BundleOut {
-            writer: Some(writer),
-            buffer,
-            budget,
-            planned,
-            started: false,
-            broken: false,
-            entries: 0,
-            pages: 0,
-            retries: 0,
-            duplicates: 0,
-            seen: Default::default(),
-            newest: None,
-        }
-    }
-
-    fn add_page(&mut self, page: crate::fhir::Page) {
-        self.pages += 1;
-        self.retries += page.retries;
-        for resource in page.entries {
-            // Offset paging over data that changes can repeat an entry; each appears once.
-            if let Some(key) = crate::fhir::resource_key(&resource) {
-                if !self.seen.insert(key) {
-                    self.duplicates += 1;
-                    continue;
-                }
-            }
-            if let Some(updated) = crate::fhir::last_updated(&resource) {
-                self.newest = Some(self.newest.map_or(updated, |n| n.max(updated)));
-            }
-            if self.entries > 0 {
-                self.buffer.push(b',');
-            }
-            self.buffer.extend_from_slice(br#"{"resource":"#);
-            serde_json::to_writer(&mut self.buffer, &resource).expect("JSON serializes");
-            self.buffer.push(b'}');
-            self.entries += 1;
-        }
-        if self.started || self.buffer.len() > self.budget {
-            self.flush();
-        }
-    }
-
-    fn headers(&self, streamed: bool) -> Vec<(String, String)> {
-        let mut headers = vec![
-            ("content-type".to_string(), "application/fhir+json".to_string()),
-            ("cache-control".to_string(), "no-store".to_string()),
-        ];
-        if streamed {
-            if let Some(planned) = self.planned {
-                headers.push(("x-pages-fetched".into(), planned.to_string()));
-            }
-            headers.push(("x-streamed".into(), "true".into()));
-        } else {
-            headers.push(("x-pages-fetched".into(), self.pages.to_string()));
-            headers.push(("x-upstream-retries".into(), self.retries.to_string()));
-            headers.push(("x-duplicates-dropped".into(), self.duplicates.to_string()));
-        }
-        headers
-    }
-
-    fn flush(&mut self) {
-        let headers = (!self.started).then(|| self.headers(true));
-        let Some(writer) = self.writer.as_mut() else {
-            return;
-        };
-        if let Some(headers) = headers {
-            self.started = true;
-            if writer.start(200, &headers).is_err() {
-                self.broken = true;
-            }
-        }
-        if !self.broken && writer.write(&self.buffer).is_err() {
-            self.broken = true;
-        }
-        self.buffer.clear();
-    }
-
-    fn fail(mut self, err: Error) {
-        let Some(writer) = self.writer.take() else {
-            return;
-        };
-        if self.started {
-            eprintln!("fhir-fetch: aborting a streamed response: {err}");
-            writer.finish(false);
-        } else {
-            write_full(writer, err.into_response());
-        }
-    }
-
-    fn finish(mut self) {
-        self.buffer.extend_from_slice(br#"],"total":"#);
-        self.buffer.extend_from_slice(self.entries.to_string().as_bytes());
-        self.buffer.push(b'}');
-        if self.started {
-            self.flush();
-            let ok = !self.broken;
-            if let Some(writer) = self.writer.take() {
-                writer.finish(ok);
-            }
-        } else if let Some(writer) = self.writer.take() {
-            let mut resp = http::Response::new(std::mem::take(&mut self.buffer));
-            for (name, value) in self.headers(false) {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    http::HeaderValue::from_str(&value),
-                ) {
-                    resp.headers_mut().insert(n, v);
-                }
-            }
-            write_full(writer, resp);
-        }
-    }
-}
-
-/// `/bluebutton/connect/...`: the outbox and dead letters of deliveries to connect (admin key).
+/// `/bluebutton/connect/...` (admin key): deliver FHIR resources to connect, and see and replay what is
+/// queued or refused.
 pub async fn connect_push(platform: &impl Platform, req: Request) -> Response {
-    respond(connect_push_inner(platform, &req))
+    respond(connect_push_inner(platform, &req).await)
 }
 
-fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<Response, Error> {
+async fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<Response, Error> {
     let info = path_info(req);
-    let prefix = match info.as_str() {
-        "/outbox" => "outbox:",
-        "/dead-letters" => "deadletter:",
+    let method = req.method().clone();
+    let expected = match info.as_str() {
+        "/deliver" | "/outbox/replay" => http::Method::POST,
+        "/outbox" | "/dead-letters" => http::Method::GET,
         other => {
             return Err(Error::NotFound(format!(
-                "no route /bluebutton/connect{other}: see /bluebutton/connect/outbox and \
+                "no route /bluebutton/connect{other}: see POST /bluebutton/connect/deliver, GET \
+                 /bluebutton/connect/outbox, POST /bluebutton/connect/outbox/replay and GET \
                  /bluebutton/connect/dead-letters"
             )))
         }
     };
     crate::admin::require_admin(platform, req)?;
-    require_get(req)?;
-    let mut items = Vec::new();
-    for key in platform
-        .keys()?
-        .into_iter()
-        .filter(|k| k.starts_with(prefix))
-    {
-        if let Some(value) = platform.get(&key)? {
-            let mut item: serde_json::Value =
-                serde_json::from_slice(&value).unwrap_or(serde_json::Value::Null);
-            // Listings never carry payloads.
-            if let Some(obj) = item.as_object_mut() {
-                obj.remove("payload");
-                obj.remove("resource");
-            }
-            items.push(serde_json::json!({"key": key, "item": item}));
-        }
+    if method != expected {
+        return Err(Error::MethodNotAllowed(format!(
+            "use {expected} for /bluebutton/connect{info}"
+        )));
     }
-    Ok(no_store(json_response(
-        200,
-        &serde_json::json!({"count": items.len(), "items": items}),
-    )))
+    let answer = match info.as_str() {
+        "/deliver" => {
+            let connect = ConnectConfig::load(platform)?;
+            let body: serde_json::Value = serde_json::from_slice(req.body()).map_err(|e| {
+                Error::BadRequest(format!("the body must be a FHIR resource or Bundle: {e}"))
+            })?;
+            let resources = match body.get("resourceType").and_then(|t| t.as_str()) {
+                Some("Bundle") => body
+                    .get("entry")
+                    .and_then(|e| e.as_array())
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .filter_map(|e| e.get("resource").cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Some(_) => vec![body],
+                None => {
+                    return Err(Error::BadRequest(
+                        "the body must be a FHIR resource or Bundle (no `resourceType`)".into(),
+                    ))
+                }
+            };
+            let patient = web::query_param(req, "patient").unwrap_or_else(|| "-".into());
+            let mut delivery = Delivery::new(platform, connect, &patient);
+            delivery.add(&resources).await?;
+            let result = delivery.finish().await?;
+            json_response(result.status(), &result)
+        }
+        "/outbox/replay" => {
+            let connect = ConnectConfig::load(platform)?;
+            let replay = crate::connect::replay(platform, &connect).await?;
+            json_response(replay.result.status(), &replay)
+        }
+        "/outbox" => {
+            let items: Vec<serde_json::Value> = crate::connect::outbox(platform)?
+                .into_iter()
+                .map(|e| {
+                    // Listings never carry payloads.
+                    serde_json::json!({
+                        "id": e.id, "patient": e.patient, "target": e.target,
+                        "resources": e.resources, "bytes": e.bytes, "attempts": e.attempts,
+                        "last_error": e.last_error, "queued_at": e.queued_at,
+                        "updated_at": e.updated_at,
+                    })
+                })
+                .collect();
+            json_response(
+                200,
+                &serde_json::json!({"count": items.len(), "items": items}),
+            )
+        }
+        _ => {
+            let items: Vec<serde_json::Value> = crate::connect::dead_letters(platform)?
+                .into_iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "patient": d.patient, "resource_type": d.resource_type, "id": d.id,
+                        "status": d.status, "detail": d.detail, "time": d.time,
+                    })
+                })
+                .collect();
+            json_response(
+                200,
+                &serde_json::json!({"count": items.len(), "items": items}),
+            )
+        }
+    };
+    Ok(no_store(answer))
 }

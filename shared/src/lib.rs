@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod connect;
 pub mod crypto;
+pub mod fetch;
 pub mod fhir;
 pub mod handlers;
 pub mod oauth;

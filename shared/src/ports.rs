@@ -74,7 +74,20 @@ pub fn write_full(mut writer: impl ResponseWriter, resp: http::Response<Vec<u8>>
         .iter()
         .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let ok = writer.start(resp.status().as_u16(), &headers).is_ok()
-        && writer.write(resp.body()).is_ok();
+    let ok =
+        writer.start(resp.status().as_u16(), &headers).is_ok() && writer.write(resp.body()).is_ok();
     writer.finish(ok);
+}
+
+/// A writer for pipelines that answer no client (the admin sync delivers, it does not stream).
+pub struct NoResponse;
+
+impl ResponseWriter for NoResponse {
+    fn start(&mut self, _: u16, _: &[(String, String)]) -> Result<(), String> {
+        Ok(())
+    }
+    fn write(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+    fn finish(self, _: bool) {}
 }

@@ -71,12 +71,26 @@ pub async fn send<P: HttpClient + Clock + Random>(
     request: &http::Request<Vec<u8>>,
     policy: &RetryPolicy,
 ) -> Retried {
+    send_with(platform, request, policy, |resp| {
+        is_retryable_status(resp.status().as_u16())
+    })
+    .await
+}
+
+/// As [`send`], with the caller deciding which answers are worth another try (connect's 500 can mean a
+/// refusal that no retry will change).
+pub async fn send_with<P: HttpClient + Clock + Random>(
+    platform: &P,
+    request: &http::Request<Vec<u8>>,
+    policy: &RetryPolicy,
+    retryable: impl Fn(&http::Response<Vec<u8>>) -> bool,
+) -> Retried {
     let started = platform.now();
     let mut retries = 0;
     loop {
         let result = platform.send(clone_request(request)).await;
         let wait = match &result {
-            Ok(resp) if is_retryable_status(resp.status().as_u16()) => {
+            Ok(resp) if retryable(resp) => {
                 let backoff = policy.backoff(retries + 1, platform);
                 Some(retry_after(resp).unwrap_or(backoff))
             }

@@ -120,6 +120,21 @@ pub fn sessions_of(platform: &impl KeyValue, patient: &str) -> Result<Vec<String
     read_list(platform, &patient_sessions_key(patient))
 }
 
+/// Every patient with at least one session (for the admin sync).
+pub fn patients(platform: &impl KeyValue) -> Result<Vec<String>, Error> {
+    let mut patients: Vec<String> = platform
+        .keys()?
+        .into_iter()
+        .filter_map(|k| {
+            k.strip_prefix("patient:")
+                .and_then(|rest| rest.strip_suffix(":sessions"))
+                .map(str::to_string)
+        })
+        .collect();
+    patients.sort();
+    Ok(patients)
+}
+
 /// Reads a session by its hash and opens its tokens.
 pub fn load(platform: &impl KeyValue, key: &TokenKey, hash: &str) -> Result<Session, Error> {
     let stored = platform

@@ -142,7 +142,10 @@ impl SpinResponseWriter {
 
 impl crate::ports::ResponseWriter for SpinResponseWriter {
     fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
-        let outparam = self.outparam.take().ok_or("the response was already started")?;
+        let outparam = self
+            .outparam
+            .take()
+            .ok_or("the response was already started")?;
         let fields: Vec<(String, Vec<u8>)> = headers
             .iter()
             .map(|(n, v)| (n.clone(), v.clone().into_bytes()))

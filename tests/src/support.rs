@@ -131,16 +131,26 @@ pub const CLIENT_ID: &str = "bluebuttonspinTestClient0123456789abcdef";
 pub const CLIENT_SECRET: &str = "test-client-secret-for-the-emulator";
 pub const ADMIN_KEY: &str = "admin-key-for-the-tests";
 
-/// The app under test on `spin-host`, wired to a `cms-sandbox` (and optionally a connect emulator).
+/// The app under test on `spin-host`, wired to a `cms-sandbox` and a `connect-sandbox`.
 pub struct Stack {
     pub cms: crate::cms_sandbox::CmsSandbox,
+    pub connect: crate::connect_sandbox::ConnectSandbox,
     pub host: RunningHost,
 }
 
 impl Stack {
-    /// `configure` adjusts the emulator's options; `extra` adds or overrides app variables.
+    /// `configure` adjusts the CMS emulator's options; `extra` adds or overrides app variables. Connect's
+    /// rate limit is off here (tests of 429 handling use [`Stack::start_with`]).
     pub async fn start(
         configure: impl FnOnce(&mut crate::cms_sandbox::Options),
+        extra: &[String],
+    ) -> Result<Stack> {
+        Stack::start_with(configure, |c| c.rate_limit_per_sec = 0, extra).await
+    }
+
+    pub async fn start_with(
+        configure: impl FnOnce(&mut crate::cms_sandbox::Options),
+        configure_connect: impl FnOnce(&mut crate::connect_sandbox::Options),
         extra: &[String],
     ) -> Result<Stack> {
         let port = free_port();
@@ -155,8 +165,16 @@ impl Stack {
         let cms =
             crate::cms_sandbox::CmsSandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), options)
                 .await?;
+        let mut connect_options = crate::connect_sandbox::Options::default();
+        configure_connect(&mut connect_options);
+        let connect = crate::connect_sandbox::ConnectSandbox::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            connect_options,
+        )
+        .await?;
         let mut variables = vec![
             format!("cms_base_url={}", cms.base_url()),
+            format!("connect_url={}", connect.base_url()),
             format!("cms_client_id={CLIENT_ID}"),
             format!("cms_client_secret={CLIENT_SECRET}"),
             format!("redirect_uri={redirect_uri}"),
@@ -173,7 +191,7 @@ impl Stack {
             env: Some(Default::default()),
         })?;
         let host = serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
-        Ok(Stack { cms, host })
+        Ok(Stack { cms, connect, host })
     }
 
     pub fn base_url(&self) -> String {
