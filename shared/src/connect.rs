@@ -241,6 +241,9 @@ pub struct OutboxEntry {
     pub last_error: String,
     pub queued_at: String,
     pub updated_at: String,
+    /// Position within its delivery, so a replay keeps the original order.
+    #[serde(default)]
+    pub seq: usize,
 }
 
 /// `deadletter:{patient}:{type}:{id}`.
@@ -269,6 +272,9 @@ pub struct Delivery<'a, P: Platform> {
     patient: String,
     pending: Vec<Item>,
     pending_bytes: usize,
+    /// Set once a batch failed for good: connect is down, so later batches go straight to the outbox
+    /// instead of each waiting out its own retries.
+    outage: Option<String>,
     pub result: DeliveryResult,
 }
 
@@ -280,6 +286,7 @@ impl<'a, P: Platform> Delivery<'a, P> {
             patient: patient.to_string(),
             pending: Vec::new(),
             pending_bytes: BUNDLE_OVERHEAD,
+            outage: None,
             result: DeliveryResult::default(),
         }
     }
@@ -333,7 +340,13 @@ impl<'a, P: Platform> Delivery<'a, P> {
             let target = self.target(&items);
             let payload = self.payload(&id, &items);
             let url = format!("{}{target}", self.config.url);
-            match post(self.platform, &url, payload.clone()).await {
+            let outcome = match &self.outage {
+                Some(error) => Outcome::Failed(format!(
+                    "not attempted: an earlier batch of this delivery found connect down ({error})"
+                )),
+                None => post(self.platform, &url, payload.clone()).await,
+            };
+            match outcome {
                 Outcome::Delivered(envelope) => {
                     self.result.delivered += items.len();
                     self.result.batches.push(envelope);
@@ -352,6 +365,8 @@ impl<'a, P: Platform> Delivery<'a, P> {
                     self.result.dead_letters.push(key);
                 }
                 Outcome::Failed(error) => {
+                    let attempts = u32::from(self.outage.is_none());
+                    self.outage.get_or_insert_with(|| error.clone());
                     let entry = OutboxEntry {
                         id: id.clone(),
                         patient: self.patient.clone(),
@@ -359,10 +374,11 @@ impl<'a, P: Platform> Delivery<'a, P> {
                         payload: String::from_utf8(payload).expect("JSON is UTF-8"),
                         resources: items.len(),
                         bytes: 0,
-                        attempts: 1,
+                        attempts,
                         last_error: error,
                         queued_at: now_text(self.platform),
                         updated_at: now_text(self.platform),
+                        seq: self.result.queued.len(),
                     };
                     write_outbox(self.platform, entry)?;
                     self.result.queued.push(id);
@@ -406,7 +422,7 @@ fn write_outbox(platform: &impl KeyValue, mut entry: OutboxEntry) -> Result<(), 
 /// Outbox entries, oldest first.
 pub fn outbox(platform: &impl KeyValue) -> Result<Vec<OutboxEntry>, Error> {
     let mut entries: Vec<OutboxEntry> = read_prefix(platform, "outbox:")?;
-    entries.sort_by(|a, b| (&a.queued_at, &a.id).cmp(&(&b.queued_at, &b.id)));
+    entries.sort_by(|a, b| (&a.queued_at, a.seq).cmp(&(&b.queued_at, b.seq)));
     Ok(entries)
 }
 
@@ -440,7 +456,13 @@ pub async fn replay(
     config: &ConnectConfig,
 ) -> Result<ReplayResult, Error> {
     let mut summary = ReplayResult::default();
+    let mut outage: Option<String> = None;
     for mut entry in outbox(platform)? {
+        if outage.is_some() {
+            // Connect is still down: leave the rest queued as they are.
+            summary.result.queued.push(entry.id);
+            continue;
+        }
         summary.attempted += 1;
         let url = format!("{}{}", config.url, entry.target);
         match post(platform, &url, entry.payload.clone().into_bytes()).await {
@@ -461,6 +483,7 @@ pub async fn replay(
                 summary.result.merge(result);
             }
             Outcome::Failed(error) => {
+                outage = Some(error.clone());
                 entry.attempts += 1;
                 entry.last_error = error;
                 entry.updated_at = now_text(platform);
@@ -618,12 +641,21 @@ mod tests {
         let queued = outbox(&p).unwrap();
         assert_eq!(queued.len(), result.queued.len());
         assert_eq!(queued.iter().map(|e| e.resources).sum::<usize>(), 10);
-        assert!(queued[0].last_error.contains("500"));
+        assert!(queued.iter().any(|e| e.last_error.contains("500")));
+        let tried = p.sent.borrow().len();
+        assert_eq!(
+            tried, 5,
+            "one batch met the outage (5 attempts); the rest were queued untried"
+        );
 
-        // Still down: attempts grow, nothing is lost.
+        // Still down: one more attempt (then the rest wait), nothing is lost.
+        let attempts =
+            |p: &FakePlatform| outbox(p).unwrap().iter().map(|e| e.attempts).sum::<u32>();
+        let before = attempts(&p);
         let again = block_on(replay(&p, &config(Mode::Bundle, 5_000))).unwrap();
         assert!(again.replayed.is_empty());
-        assert_eq!(outbox(&p).unwrap()[0].attempts, 2);
+        assert_eq!(again.result.queued.len(), queued.len());
+        assert_eq!(attempts(&p), before + 1);
 
         *down.borrow_mut() = false;
         let replayed = block_on(replay(&p, &config(Mode::Bundle, 5_000))).unwrap();

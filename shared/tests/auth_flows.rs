@@ -259,7 +259,7 @@ fn a_bad_token_key_is_a_clear_500_without_burning_the_state() {
 
 fn fhir_request(p: &FakePlatform, req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
     let writer = CaptureWriter::default();
-    block_on(handlers::fhir_fetch(p, req, writer.clone()));
+    block_on(shared::fetch::fhir_fetch(p, req, writer.clone()));
     let captured = writer.0.borrow().clone();
     assert_eq!(captured.complete, Some(true));
     let mut resp = http::Response::new(captured.body);
@@ -268,7 +268,7 @@ fn fhir_request(p: &FakePlatform, req: http::Request<Vec<u8>>) -> http::Response
 }
 
 fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
-    let req = http::Request::get("/bluebutton/fhir/Patient")
+    let req = http::Request::get("/bluebutton/fhir/Patient?push=false")
         .header("spin-path-info", "/Patient")
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
@@ -396,7 +396,7 @@ fn another_patients_id_is_forbidden() {
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     install_cms_with_fhir(&p, cms, Rc::default());
-    let req = http::Request::get("/bluebutton/fhir/Patient?patient=-19990000000001")
+    let req = http::Request::get("/bluebutton/fhir/Patient?push=false&patient=-19990000000001")
         .header("spin-path-info", "/Patient")
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
