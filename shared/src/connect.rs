@@ -49,11 +49,12 @@ impl ConnectConfig {
 }
 
 /// What a delivery did; `fhir-fetch?return_cms=false` and `connect-push` answer with it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryResult {
     /// Resources connect accepted.
     pub delivered: usize,
     /// Connect's envelopes, as it sent them (either variant).
+    #[schema(value_type = Vec<Object>)]
     pub batches: Vec<Value>,
     /// Outbox ids of batches that could not be delivered now and are kept for replay.
     pub queued: Vec<String>,
@@ -515,7 +516,8 @@ fn payload_resources(entry: &OutboxEntry) -> Vec<Value> {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// What a replay of the outbox did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ReplayResult {
     pub attempted: usize,
     /// Outbox ids that left the outbox.

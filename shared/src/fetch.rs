@@ -47,7 +47,7 @@ impl Dedup {
 }
 
 /// What one type's fetch did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct FetchSummary {
     pub pages: usize,
     pub entries: usize,
@@ -434,22 +434,32 @@ pub async fn handle<W: ResponseWriter>(platform: &impl Platform, req: Request, w
     fhir_fetch(platform, req, writer).await
 }
 
-#[derive(Debug, Default, Serialize)]
-struct TypeSync {
-    #[serde(flatten)]
-    fetch: FetchSummary,
-    delivered: usize,
-    queued: usize,
-    rejected: usize,
+/// `POST /bluebutton/sync`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SyncReport {
+    pub patients: Vec<PatientSync>,
 }
 
-#[derive(Debug, Serialize)]
-struct PatientSync {
-    patient: String,
-    status: &'static str,
+/// One resource type of one patient's sync.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct TypeSync {
+    #[serde(flatten)]
+    pub fetch: FetchSummary,
+    pub delivered: usize,
+    pub queued: usize,
+    pub rejected: usize,
+}
+
+/// One patient's sync: `ok`, or `error` with why (a grant that is gone, say).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PatientSync {
+    pub patient: String,
+    #[schema(example = "ok")]
+    pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    types: std::collections::BTreeMap<String, TypeSync>,
+    pub error: Option<String>,
+    /// By resource type.
+    pub types: std::collections::BTreeMap<String, TypeSync>,
 }
 
 /// `POST /bluebutton/sync` (admin key; optional body `{"patient": "<id>"}`): for each authorized patient,
@@ -514,7 +524,7 @@ pub async fn sync(
     let status = if queued_any { 202 } else { 200 };
     Ok(no_store(json_response(
         status,
-        &serde_json::json!({ "patients": report }),
+        &SyncReport { patients: report },
     )))
 }
 
@@ -570,3 +580,45 @@ async fn sync_patient(
     }
     Ok(())
 }
+
+/// Every page of the session's resources of one type, from CMS.
+///
+/// One `searchset` Bundle with each entry once, in CMS order. Large results stream (`x-streamed: true`);
+/// smaller ones carry `x-pages-fetched` and `x-upstream-retries`. Unless `push=false`, the resources are
+/// also delivered to connect; `return_cms=false` answers with that delivery instead.
+#[utoipa::path(get, path = "/bluebutton/fhir/{resource_type}", tag = "fhir",
+    security(("session" = [])),
+    params(
+        ("resource_type" = String, Path, description = "`Patient`, `Coverage` or `ExplanationOfBenefit`"),
+        ("patient" = Option<String>, Query, description = "Must be the session's own patient"),
+        ("_lastUpdated" = Option<Vec<String>>, Query, description = "`lt|le|gt|ge` + date, repeatable"),
+        ("type" = Option<String>, Query, description = "EOB only: claim types, e.g. `carrier,pde`"),
+        ("service-date" = Option<Vec<String>>, Query, description = "EOB only: `lt|le|gt|ge` + date, repeatable"),
+        ("since" = Option<String>, Query, description = "`last`: only what changed since the last complete fetch"),
+        ("push" = Option<bool>, Query, description = "Also deliver to connect (default true)"),
+        ("return_cms" = Option<bool>, Query, description = "Answer with the Bundle (default true) or the delivery"),
+    ),
+    responses(
+        (status = 200, description = "The Bundle (or, with `return_cms=false`, the delivery result)", body = crate::api::SearchsetBundle, content_type = "application/fhir+json"),
+        (status = 202, description = "With `return_cms=false`: some batches are queued for connect", body = crate::connect::DeliveryResult),
+        (status = 400, description = "An unknown or malformed parameter", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unknown session, or the grant is gone: authorize again", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another patient, or a scope withheld at consent", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not one of the three types", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "A page failed for good at CMS (named)", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CMS did not answer a page in time", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn fhir_fetch_doc() {}
+
+/// Sync every authorized patient (or one) to connect: what changed since the last sync of each type.
+#[utoipa::path(post, path = "/bluebutton/sync", tag = "connect",
+    security(("admin_key" = [])),
+    request_body(content = Option<Object>, description = "Optional `{\"patient\": \"<id>\"}`", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Per patient and type", body = SyncReport),
+        (status = 202, description = "As 200, with some batches queued for connect", body = SyncReport),
+        (status = 400, description = "A malformed body", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin routes are disabled", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn sync_doc() {}

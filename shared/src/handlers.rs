@@ -65,24 +65,6 @@ pub async fn authorize(platform: &impl Platform, req: Request) -> Response {
 /// The three resource types Blue Button 2.0 serves.
 pub const RESOURCE_TYPES: [&str; 3] = ["Patient", "Coverage", "ExplanationOfBenefit"];
 
-/// Health of a component: which of the variables it needs are missing, without their values.
-pub fn health(platform: &impl Platform, component: &str, needs: &[&str]) -> Response {
-    let missing: Vec<&str> = needs
-        .iter()
-        .copied()
-        .filter(|name| config::required(platform, name).is_err())
-        .collect();
-    let status = if missing.is_empty() { 200 } else { 503 };
-    json_response(
-        status,
-        &serde_json::json!({
-            "status": if missing.is_empty() { "ok" } else { "misconfigured" },
-            "component": component,
-            "missing_variables": missing,
-        }),
-    )
-}
-
 /// `GET /bluebutton/callback?code=&state=` (or `?error=access_denied&state=`): exchanges the code for
 /// tokens, seals them, and hands the caller an opaque session.
 pub async fn callback(platform: &impl Platform, req: Request) -> Response {
@@ -144,17 +126,16 @@ async fn callback_inner(platform: &impl Platform, req: &Request) -> Result<Respo
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
-        });
-    let mut body = serde_json::json!({
-        "session": session,
-        "patient": tokens.patient,
-        "scope": tokens.scope,
-        "expires_at": expires_at,
-    });
-    if let Some(return_to) = pending.return_to {
-        body["return_to"] = serde_json::Value::String(return_to);
-    }
-    Ok(no_store(json_response(200, &body)))
+        })
+        .unwrap_or_default();
+    let granted = crate::api::SessionGranted {
+        session,
+        patient: tokens.patient,
+        scope: tokens.scope,
+        expires_at,
+        return_to: pending.return_to,
+    };
+    Ok(no_store(json_response(200, &granted)))
 }
 
 /// `/bluebutton/connect/...` (admin key): deliver FHIR resources to connect, and see and replay what is
@@ -219,38 +200,186 @@ async fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<R
             json_response(replay.result.status(), &replay)
         }
         "/outbox" => {
-            let items: Vec<serde_json::Value> = crate::connect::outbox(platform)?
+            let items: Vec<crate::api::OutboxItem> = crate::connect::outbox(platform)?
                 .into_iter()
-                .map(|e| {
-                    // Listings never carry payloads.
-                    serde_json::json!({
-                        "id": e.id, "patient": e.patient, "target": e.target,
-                        "resources": e.resources, "bytes": e.bytes, "attempts": e.attempts,
-                        "last_error": e.last_error, "queued_at": e.queued_at,
-                        "updated_at": e.updated_at,
-                    })
-                })
+                .map(crate::api::OutboxItem::from)
                 .collect();
-            json_response(
-                200,
-                &serde_json::json!({"count": items.len(), "items": items}),
-            )
+            json_response(200, &crate::api::Listing::new(items))
         }
         _ => {
-            let items: Vec<serde_json::Value> = crate::connect::dead_letters(platform)?
+            let items: Vec<crate::api::DeadLetterItem> = crate::connect::dead_letters(platform)?
                 .into_iter()
-                .map(|d| {
-                    serde_json::json!({
-                        "patient": d.patient, "resource_type": d.resource_type, "id": d.id,
-                        "status": d.status, "detail": d.detail, "time": d.time,
-                    })
-                })
+                .map(crate::api::DeadLetterItem::from)
                 .collect();
-            json_response(
-                200,
-                &serde_json::json!({"count": items.len(), "items": items}),
-            )
+            json_response(200, &crate::api::Listing::new(items))
         }
     };
     Ok(no_store(answer))
+}
+
+// The OpenAPI description of each route, next to the code that serves it. Bodies are empty: utoipa reads
+// the attributes; the schemas come from the types the handlers really serialize.
+
+/// Start the beneficiary's authorization at CMS.
+///
+/// Creates a single-use `state` (valid 10 minutes) and a PKCE S256 verifier, and redirects the browser to
+/// CMS's consent page. API clients that send `Accept: application/json` get the URL instead.
+#[utoipa::path(get, path = "/bluebutton/authorize", tag = "authorization",
+    params(
+        ("lang" = Option<String>, Query, description = "CMS page language: `en` or `es`"),
+        ("return_to" = Option<String>, Query, description = "A path on this server, echoed by the callback"),
+    ),
+    responses(
+        (status = 302, description = "Redirect to CMS", headers(("location" = String, description = "CMS's authorize URL"))),
+        (status = 200, description = "The authorize URL, for `Accept: application/json`", body = crate::oauth::AuthorizationStart),
+        (status = 400, description = "A bad `lang` or `return_to`", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The deployment is misconfigured", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn authorize_doc() {}
+
+/// CMS sends the beneficiary back here.
+///
+/// Takes the state back (once), exchanges the code with the PKCE verifier, seals the tokens in the store,
+/// and answers with an opaque session. A refusal at CMS arrives as `error=access_denied`.
+#[utoipa::path(get, path = "/bluebutton/callback", tag = "authorization",
+    params(
+        ("code" = Option<String>, Query, description = "The authorization code from CMS"),
+        ("state" = String, Query, description = "The state `/bluebutton/authorize` created"),
+        ("error" = Option<String>, Query, description = "CMS's error, e.g. `access_denied`"),
+    ),
+    responses(
+        (status = 200, description = "A session for this beneficiary", body = crate::api::SessionGranted),
+        (status = 400, description = "Missing, unknown, used or expired state; missing code", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The beneficiary declined", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The deployment is misconfigured", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "CMS refused the exchange or failed", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CMS did not answer", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn callback_doc() {}
+
+/// End a session: revoke the grant at CMS and forget the tokens.
+#[utoipa::path(delete, path = "/bluebutton/session", tag = "authorization",
+    security(("session" = [])),
+    responses(
+        (status = 204, description = "Revoked and forgotten"),
+        (status = 401, description = "Unknown or revoked session", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "CMS refused or failed; the session is kept so you can retry", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "CMS did not answer; the session is kept", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn end_session_doc() {}
+
+/// Deliver FHIR resources to connect (a Bundle's entries, or one resource).
+#[utoipa::path(post, path = "/bluebutton/connect/deliver", tag = "connect",
+    security(("admin_key" = [])),
+    params(("patient" = Option<String>, Query, description = "Whose resources these are (names dead letters)")),
+    request_body(content = Object, description = "A FHIR R4 Bundle or resource", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Everything delivered or dead-lettered", body = crate::connect::DeliveryResult),
+        (status = 202, description = "Some batches are queued in the outbox", body = crate::connect::DeliveryResult),
+        (status = 400, description = "Not a FHIR resource", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin routes are disabled (no `admin_api_key`)", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn deliver_doc() {}
+
+/// Batches waiting for connect.
+#[utoipa::path(get, path = "/bluebutton/connect/outbox", tag = "connect",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The outbox, oldest first, without payloads", body = crate::api::Listing<crate::api::OutboxItem>),
+        (status = 401, description = "Missing or wrong admin key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin routes are disabled", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn outbox_doc() {}
+
+/// Deliver the outbox again; each batch leaves it only once connect confirms it.
+#[utoipa::path(post, path = "/bluebutton/connect/outbox/replay", tag = "connect",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The outbox is empty", body = crate::connect::ReplayResult),
+        (status = 202, description = "Some batches are still queued", body = crate::connect::ReplayResult),
+        (status = 401, description = "Missing or wrong admin key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin routes are disabled", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn replay_doc() {}
+
+/// Resources connect refused, with its answers.
+#[utoipa::path(get, path = "/bluebutton/connect/dead-letters", tag = "connect",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The dead letters", body = crate::api::Listing<crate::api::DeadLetterItem>),
+        (status = 401, description = "Missing or wrong admin key", body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Admin routes are disabled", body = crate::problem::Problem, content_type = "application/problem+json"),
+    ))]
+pub fn dead_letters_doc() {}
+
+/// Whether the deployment's settings are usable. Values are never shown.
+#[utoipa::path(get, path = "/bluebutton/healthz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = crate::api::Health),
+        (status = 503, description = "A setting is unusable", body = crate::api::Health),
+    ))]
+pub fn health_doc() {}
+
+/// This OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+pub fn openapi_doc() {}
+
+/// `GET /bluebutton/healthz`: checks every setting without showing a value.
+pub fn healthz(platform: &impl Platform) -> Response {
+    let mut checks = std::collections::BTreeMap::new();
+    let mut healthy = true;
+    let mut check = |name: &str, result: Result<(), Error>| {
+        let verdict = match result {
+            Ok(()) => "ok".to_string(),
+            Err(err) => {
+                healthy = false;
+                err.to_string()
+            }
+        };
+        checks.insert(name.to_string(), verdict);
+    };
+    check(
+        "cms_base_url",
+        config::origin(platform, "cms_base_url").map(drop),
+    );
+    check(
+        "cms_client_id",
+        config::required(platform, "cms_client_id").map(drop),
+    );
+    check(
+        "cms_client_secret",
+        config::required(platform, "cms_client_secret").map(drop),
+    );
+    check("redirect_uri", OAuthClient::load(platform).map(drop));
+    check(
+        "token_key",
+        crate::crypto::TokenKey::load(platform).map(drop),
+    );
+    check("connect", ConnectConfig::load(platform).map(drop));
+    check(
+        "page_size",
+        config::number(platform, "page_size", 50, 1..=50).map(drop),
+    );
+    check(
+        "fetch_concurrency",
+        config::number(platform, "fetch_concurrency", 4, 1..=16).map(drop),
+    );
+    check(
+        "response_buffer_bytes",
+        config::number(platform, "response_buffer_bytes", 8 << 20, 0..=1 << 30).map(drop),
+    );
+    // Optional: unset only switches the admin routes off.
+    let admin = match config::optional(platform, "admin_api_key") {
+        Ok(Some(_)) => "ok".to_string(),
+        Ok(None) => "unset: admin routes are disabled".to_string(),
+        Err(err) => err.to_string(),
+    };
+    checks.insert("admin_api_key".into(), admin);
+    let health = crate::api::Health {
+        status: if healthy { "ok" } else { "misconfigured" }.into(),
+        checks,
+    };
+    no_store(json_response(if healthy { 200 } else { 503 }, &health))
 }

@@ -3,6 +3,7 @@
 //! ([`testing`]).
 
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod connect;
 pub mod crypto;

@@ -22,7 +22,8 @@ pub struct PendingAuthorization {
     pub return_to: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Where to send the beneficiary (for API clients that ask for JSON instead of a redirect).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuthorizationStart {
     pub authorization_url: String,
     pub expires_in: i64,

@@ -30,8 +30,9 @@ pub enum Error {
     GatewayTimeout(String),
 }
 
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+/// An RFC 9457 problem document: every error this API answers.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"type": "https://bluebutton-spin.dev/problems/unauthorized", "title": "Unauthorized", "status": 401, "detail": "unknown or revoked session"}))]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,

@@ -40,6 +40,8 @@ pub fn build_wasm() {
                 "-p",
                 "connect-push",
                 "-p",
+                "docs",
+                "-p",
                 "probe",
             ])
             .status()
