@@ -17,6 +17,13 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn open(label: &str, file: Option<&Path>) -> Result<KvStore> {
+        if let Some(dir) = file.and_then(Path::parent) {
+            // As Spin does: the store's folder (e.g. `.spin/`) is created on first use.
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+        }
         let conn = match file {
             Some(path) => Connection::open(path)
                 .with_context(|| format!("cannot open key-value file {}", path.display()))?,
