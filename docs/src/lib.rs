@@ -33,10 +33,10 @@ fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return match path.as_str() {
             "/openapi.json" | "/bluebutton/healthz" | "/docs" => {
-                Error::MethodNotAllowed("use GET".into()).into_response()
+                Error::MethodNotAllowed("use GET".into(), "GET").into_response()
             }
             p if p.starts_with("/docs/") => {
-                Error::MethodNotAllowed("use GET".into()).into_response()
+                Error::MethodNotAllowed("use GET".into(), "GET").into_response()
             }
             _ => not_found(&path),
         };

@@ -123,6 +123,30 @@ pub struct BundleEntry {
     pub resource: serde_json::Value,
 }
 
+/// The resource types Blue Button 2.0 serves.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum ResourceType {
+    Patient,
+    Coverage,
+    ExplanationOfBenefit,
+}
+
+/// `since`'s one value.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Since {
+    /// What changed since this patient's last complete fetch of the type.
+    Last,
+}
+
+/// Any FHIR R4 resource (a Bundle's entries are delivered one by one).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FhirResource {
+    #[serde(rename = "resourceType")]
+    #[schema(example = "Bundle", pattern = "^[A-Z][A-Za-z]+$")]
+    pub resource_type: String,
+}
+
 /// `GET /bluebutton/healthz`: whether the deployment's settings are usable (values never shown).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Health {
@@ -180,7 +204,7 @@ impl Modify for Security {
         crate::handlers::health_doc,
         crate::handlers::openapi_doc,
     ),
-    components(schemas(crate::problem::Problem)),
+    components(schemas(crate::problem::Problem, ResourceType, Since)),
     modifiers(&Security),
     tags(
         (name = "authorization", description = "The beneficiary's consent at CMS, and sessions"),

@@ -200,10 +200,10 @@ pub async fn fhir_fetch<W: ResponseWriter>(platform: &impl Platform, req: Reques
             )));
         }
         if req.method() != http::Method::GET {
-            return Err(Error::MethodNotAllowed(format!(
-                "{} is not supported here; use GET",
-                req.method()
-            )));
+            return Err(Error::MethodNotAllowed(
+                format!("{} is not supported here; use GET", req.method()),
+                "GET",
+            ));
         }
         let ctx = TokenContext::load(platform)?;
         let session = session::authenticate(platform, &ctx.key, web::bearer(&req))?;
@@ -471,13 +471,21 @@ pub async fn sync(
 ) -> Result<http::Response<Vec<u8>>, Error> {
     crate::admin::require_admin(platform, req)?;
     if req.method() != http::Method::POST {
-        return Err(Error::MethodNotAllowed("use POST to run a sync".into()));
+        return Err(Error::MethodNotAllowed(
+            "use POST to run a sync".into(),
+            "POST",
+        ));
     }
     let only: Option<String> = if req.body().is_empty() {
         None
     } else {
         let body: Value = serde_json::from_slice(req.body())
             .map_err(|e| Error::BadRequest(format!("the body must be JSON: {e}")))?;
+        if !body.is_object() && !body.is_null() {
+            return Err(Error::BadRequest(
+                "the body must be a JSON object such as {\"patient\": \"-20140000010000\"}".into(),
+            ));
+        }
         match body.get("patient") {
             None | Some(Value::Null) => None,
             Some(Value::String(p)) => Some(p.clone()),
@@ -589,17 +597,20 @@ async fn sync_patient(
 #[utoipa::path(get, path = "/bluebutton/fhir/{resource_type}", tag = "fhir",
     security(("session" = [])),
     params(
-        ("resource_type" = String, Path, description = "`Patient`, `Coverage` or `ExplanationOfBenefit`"),
+        ("resource_type" = crate::api::ResourceType, Path, description = "`Patient`, `Coverage` or `ExplanationOfBenefit`"),
         ("patient" = Option<String>, Query, description = "Must be the session's own patient"),
         ("_lastUpdated" = Option<Vec<String>>, Query, description = "`lt|le|gt|ge` + date, repeatable"),
         ("type" = Option<String>, Query, description = "EOB only: claim types, e.g. `carrier,pde`"),
         ("service-date" = Option<Vec<String>>, Query, description = "EOB only: `lt|le|gt|ge` + date, repeatable"),
-        ("since" = Option<String>, Query, description = "`last`: only what changed since the last complete fetch"),
+        ("since" = Option<crate::api::Since>, Query, description = "`last`: only what changed since the last complete fetch"),
         ("push" = Option<bool>, Query, description = "Also deliver to connect (default true)"),
         ("return_cms" = Option<bool>, Query, description = "Answer with the Bundle (default true) or the delivery"),
     ),
     responses(
-        (status = 200, description = "The Bundle (or, with `return_cms=false`, the delivery result)", body = crate::api::SearchsetBundle, content_type = "application/fhir+json"),
+        (status = 200, description = "The Bundle (or, with `return_cms=false`, the delivery result)", content(
+            (crate::api::SearchsetBundle = "application/fhir+json"),
+            (crate::connect::DeliveryResult = "application/json"),
+        )),
         (status = 202, description = "With `return_cms=false`: some batches are queued for connect", body = crate::connect::DeliveryResult),
         (status = 400, description = "An unknown or malformed parameter", body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Unknown session, or the grant is gone: authorize again", body = crate::problem::Problem, content_type = "application/problem+json"),

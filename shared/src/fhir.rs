@@ -173,6 +173,10 @@ impl PageError {
             PageError::Unauthorized => Error::Unauthorized(format!(
                 "CMS refused this session's access token on page {page}: authorize again"
             )),
+            // CMS checks the filters we pass through: its 400 is the caller's to fix.
+            PageError::Status(400, detail) => {
+                Error::BadRequest(format!("CMS refused the search: {detail}"))
+            }
             PageError::Status(403, detail) => Error::Forbidden(format!(
                 "CMS refused page {page}: {detail} (was the scope withheld at consent?)"
             )),

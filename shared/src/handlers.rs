@@ -11,10 +11,10 @@ fn require_get(req: &Request) -> Result<(), Error> {
     if req.method() == http::Method::GET {
         Ok(())
     } else {
-        Err(Error::MethodNotAllowed(format!(
-            "{} is not supported here; use GET",
-            req.method()
-        )))
+        Err(Error::MethodNotAllowed(
+            format!("{} is not supported here; use GET", req.method()),
+            "GET",
+        ))
     }
 }
 
@@ -42,8 +42,9 @@ pub async fn authorize(platform: &impl Platform, req: Request) -> Response {
     respond((|| {
         require_get(&req)?;
         let client = OAuthClient::load(platform)?;
-        let lang = web::query_param(&req, "lang");
-        let return_to = web::query_param(&req, "return_to");
+        // An empty parameter is an absent one.
+        let lang = web::query_param(&req, "lang").filter(|v| !v.is_empty());
+        let return_to = web::query_param(&req, "return_to").filter(|v| !v.is_empty());
         let start = oauth::begin(platform, &client, lang.as_deref(), return_to.as_deref())?;
         let resp = if wants_json(&req) {
             json_response(200, &start)
@@ -79,6 +80,7 @@ async fn end_session(platform: &impl Platform, req: &Request) -> Result<Response
     if req.method() != http::Method::DELETE {
         return Err(Error::MethodNotAllowed(
             "use DELETE to end a session".into(),
+            "DELETE",
         ));
     }
     let ctx = crate::tokens::TokenContext::load(platform)?;
@@ -160,9 +162,15 @@ async fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<R
     };
     crate::admin::require_admin(platform, req)?;
     if method != expected {
-        return Err(Error::MethodNotAllowed(format!(
-            "use {expected} for /bluebutton/connect{info}"
-        )));
+        let allow = if expected == http::Method::POST {
+            "POST"
+        } else {
+            "GET"
+        };
+        return Err(Error::MethodNotAllowed(
+            format!("use {expected} for /bluebutton/connect{info}"),
+            allow,
+        ));
     }
     let answer = match info.as_str() {
         "/deliver" => {
@@ -170,7 +178,19 @@ async fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<R
             let body: serde_json::Value = serde_json::from_slice(req.body()).map_err(|e| {
                 Error::BadRequest(format!("the body must be a FHIR resource or Bundle: {e}"))
             })?;
-            let resources = match body.get("resourceType").and_then(|t| t.as_str()) {
+            let kind = body.get("resourceType").and_then(|t| t.as_str());
+            let well_formed = kind.is_some_and(|k| {
+                k.starts_with(|c: char| c.is_ascii_uppercase())
+                    && k.len() > 1
+                    && k.chars().all(|c| c.is_ascii_alphabetic())
+            });
+            if !well_formed {
+                return Err(Error::BadRequest(
+                    "the body must be a FHIR resource or Bundle: `resourceType` names an R4 type"
+                        .into(),
+                ));
+            }
+            let resources = match kind {
                 Some("Bundle") => body
                     .get("entry")
                     .and_then(|e| e.as_array())
@@ -272,7 +292,7 @@ pub fn end_session_doc() {}
 #[utoipa::path(post, path = "/bluebutton/connect/deliver", tag = "connect",
     security(("admin_key" = [])),
     params(("patient" = Option<String>, Query, description = "Whose resources these are (names dead letters)")),
-    request_body(content = Object, description = "A FHIR R4 Bundle or resource", content_type = "application/json"),
+    request_body(content = crate::api::FhirResource, description = "A FHIR R4 Bundle or resource", content_type = "application/json"),
     responses(
         (status = 200, description = "Everything delivered or dead-lettered", body = crate::connect::DeliveryResult),
         (status = 202, description = "Some batches are queued in the outbox", body = crate::connect::DeliveryResult),

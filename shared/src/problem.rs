@@ -16,8 +16,9 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The detail, and the methods the route does allow (its `Allow` header).
     #[error("{0}")]
-    MethodNotAllowed(String),
+    MethodNotAllowed(String, &'static str),
     /// A variable is missing or malformed: the operator must fix the deployment.
     #[error("configuration error: {0}")]
     Config(String),
@@ -48,7 +49,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
-            Error::MethodNotAllowed(_) => 405,
+            Error::MethodNotAllowed(..) => 405,
             Error::Config(_) | Error::Store(_) => 500,
             Error::BadGateway(_) => 502,
             Error::GatewayTimeout(_) => 504,
@@ -61,7 +62,7 @@ impl Error {
             Error::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             Error::Forbidden(_) => ("forbidden", "Forbidden"),
             Error::NotFound(_) => ("not-found", "Not found"),
-            Error::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
+            Error::MethodNotAllowed(..) => ("method-not-allowed", "Method not allowed"),
             Error::Config(_) => ("configuration", "Server misconfigured"),
             Error::Store(_) => ("storage", "Key-value store failure"),
             Error::BadGateway(_) => ("upstream", "Upstream failure"),
@@ -92,9 +93,9 @@ impl Error {
                 http::HeaderValue::from_static("Bearer realm=\"bluebutton-spin\""),
             );
         }
-        if let Error::MethodNotAllowed(_) = self {
+        if let Error::MethodNotAllowed(_, allow) = self {
             resp.headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
         }
         resp
     }
