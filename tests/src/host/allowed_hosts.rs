@@ -73,8 +73,15 @@ impl AllowedHost {
             .context("an allowed host needs a scheme, e.g. https://example.com")?;
         ensure!(!scheme.is_empty(), "empty scheme");
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        ensure!(!rest.contains('/'), "an allowed host cannot have a path");
         let (host, port) = split_host_port(rest)?;
+        // A slash is only allowed as a CIDR prefix length (`10.0.0.0/8`), never as a path.
+        let is_cidr = host
+            .split_once('/')
+            .is_some_and(|(ip, bits)| ip.parse::<IpAddr>().is_ok() && bits.parse::<u8>().is_ok());
+        ensure!(
+            (!host.contains('/') || is_cidr) && !port.is_some_and(|p| p.contains('/')),
+            "an allowed host cannot have a path"
+        );
         let port = match port {
             None => match default_port(scheme) {
                 Some(p) => PortPattern::Range(p, p),
