@@ -155,6 +155,16 @@ impl Stack {
         configure_connect: impl FnOnce(&mut crate::connect_sandbox::Options),
         extra: &[String],
     ) -> Result<Stack> {
+        Stack::start_full(configure, configure_connect, extra, None).await
+    }
+
+    /// As [`Stack::start_with`], with a Spin runtime config file (e.g. `[[client_tls]]`).
+    pub async fn start_full(
+        configure: impl FnOnce(&mut crate::cms_sandbox::Options),
+        configure_connect: impl FnOnce(&mut crate::connect_sandbox::Options),
+        extra: &[String],
+        runtime_config: Option<&Path>,
+    ) -> Result<Stack> {
         let port = free_port();
         let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
         let mut options = crate::cms_sandbox::Options {
@@ -189,7 +199,7 @@ impl Stack {
             manifest: workspace_root().join("spin.toml"),
             variables,
             kv_file: None,
-            runtime_config: None,
+            runtime_config: runtime_config.map(Path::to_path_buf),
             env: Some(Default::default()),
         })?;
         let host = serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
@@ -211,5 +221,41 @@ impl Stack {
             .into_iter()
             .map(|(k, v)| format!("{k} = {}\n", String::from_utf8_lossy(&v)))
             .collect()
+    }
+}
+
+/// A private CA and a server certificate it signed, in PEM.
+pub struct Pki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A private CA and a server certificate for localhost and 127.0.0.1, as mkcert makes for connect.
+pub fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "connect emulator test CA");
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    let cert = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    Pki {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }

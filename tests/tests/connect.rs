@@ -512,3 +512,76 @@ async fn connects_rate_limit_is_waited_out() {
     );
     assert_eq!(stored_in_connect(&stack).await.len(), 40);
 }
+
+#[tokio::test]
+async fn connect_over_tls_is_trusted_only_through_client_tls() {
+    let pki = testkit::support::pki();
+    let tls = |c: &mut testkit::connect_sandbox::Options| {
+        c.rate_limit_per_sec = 0;
+        c.tls = Some(testkit::connect_sandbox::TlsFiles::from_pem(
+            pki.cert_pem.clone(),
+            pki.key_pem.clone(),
+        ));
+    };
+    let dir = std::env::temp_dir().join(format!("client-tls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lfh-root-ca.pem"), &pki.ca_pem).unwrap();
+    let config = dir.join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        "[[client_tls]]\ncomponent_ids = [\"fhir-fetch\", \"connect-push\"]\nhosts = [\"localhost\"]\n\
+         ca_roots_file = \"lfh-root-ca.pem\"\nca_use_webpki_roots = false\n",
+    )
+    .unwrap();
+    let patient = json!({"resourceType": "Patient", "id": "tls-check"});
+    let deliver = |stack: &Stack| {
+        let url = format!("{}/bluebutton/connect/deliver", stack.base_url());
+        let body = patient.clone();
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+
+    // connect_url is https://localhost:PORT (the certificate's name); the allow-list follows it.
+    let trusted = Stack::start_full(|_| {}, tls, &[], Some(&config))
+        .await
+        .unwrap();
+    assert!(trusted.connect.base_url().starts_with("https://localhost:"));
+    let (status, result) = deliver(&trusted).await;
+    assert_eq!(
+        (status, result["delivered"].as_u64()),
+        (200, Some(1)),
+        "{result}"
+    );
+
+    // Without the CA the certificate is not trusted: nothing is sent in the clear, the batch is kept.
+    let untrusted = Stack::start_full(|_| {}, tls, &[], None).await.unwrap();
+    let (status, result) = deliver(&untrusted).await;
+    assert_eq!(status, 202, "{result}");
+    assert_eq!(result["delivered"], 0);
+    assert!(untrusted.connect.records().is_empty());
+    let outbox: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/bluebutton/connect/outbox",
+            untrusted.base_url()
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = outbox["items"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("Tls") || error.contains("TLS") || error.contains("certificate"),
+        "{error}"
+    );
+}
