@@ -13,7 +13,7 @@ use crate::fhir::{self, Page, SearchRequest};
 use crate::ports::{write_full, Platform, ResponseWriter};
 use crate::problem::Error;
 use crate::session::{self, Session};
-use crate::tokens::TokenContext;
+use crate::tokens::{SharedToken, TokenContext};
 use crate::web::{self, json_response, no_store, Request};
 
 /// Entries seen so far: each `Type/id` once, and the newest `meta.lastUpdated`.
@@ -62,9 +62,22 @@ async fn run_pages<P: Platform>(
     session: &mut Session,
     search: &SearchRequest,
     moves_watermark: bool,
+    sink: impl AsyncPageSink,
+) -> Result<FetchSummary, Error> {
+    let tokens = SharedToken::new(platform, ctx, session.clone()).await?;
+    let summary = run_token_pages(platform, &tokens, search, moves_watermark, sink).await;
+    *session = tokens.into_session();
+    summary
+}
+
+async fn run_token_pages<P: Platform>(
+    platform: &P,
+    tokens: &SharedToken<'_, P>,
+    search: &SearchRequest,
+    moves_watermark: bool,
     mut sink: impl AsyncPageSink,
 ) -> Result<FetchSummary, Error> {
-    let pages = fhir::pages(platform, ctx, session, search).await?;
+    let pages = fhir::pages(platform, tokens, search).await?;
     sink.planned(pages.planned);
     let mut dedup = Dedup::default();
     let mut summary = FetchSummary::default();
@@ -87,12 +100,7 @@ async fn run_pages<P: Platform>(
         let stamp = newest
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        fhir::store_watermark(
-            platform,
-            &session.record.patient,
-            &search.resource_type,
-            &stamp,
-        )?;
+        fhir::store_watermark(platform, &tokens.patient(), &search.resource_type, &stamp)?;
     }
     Ok(summary)
 }

@@ -9,8 +9,7 @@ use url::Url;
 use crate::ports::Platform;
 use crate::problem::Error;
 use crate::retry::{self, RetryPolicy};
-use crate::session::Session;
-use crate::tokens::{self, TokenContext};
+use crate::tokens::SharedToken;
 
 /// The three resource types Blue Button 2.0 serves, with the search parameter naming the patient.
 pub const RESOURCE_TYPES: [(&str, &str); 3] = [
@@ -76,25 +75,17 @@ pub struct Pages<'a> {
 
 /// Fetches the first page, and plans the rest: by `startIndex` (concurrently, in order) when `total` is
 /// known, else by following `next`.
-pub async fn pages<'a>(
-    platform: &'a impl Platform,
-    ctx: &TokenContext,
-    session: &mut Session,
+pub async fn pages<'a, P: Platform>(
+    platform: &'a P,
+    tokens: &'a SharedToken<'a, P>,
     search: &'a SearchRequest,
 ) -> Result<Pages<'a>, Error> {
-    let base = ctx.client.cms_base_url.clone();
-    let patient = session.record.patient.clone();
-    let mut token = tokens::access_token(platform, ctx, session, false).await?;
+    let base = tokens.ctx.client.cms_base_url.clone();
+    let patient = tokens.patient();
     let first_url = page_url(&base, search, &patient, None);
-    let first = match fetch_page(platform, &first_url, &token).await {
-        Err(PageError::Unauthorized) => {
-            // The token died early (revoked, or CMS restarted): one forced refresh, then give up.
-            token = tokens::access_token(platform, ctx, session, true).await?;
-            fetch_page(platform, &first_url, &token).await
-        }
-        other => other,
-    }
-    .map_err(|e| e.into_error(1))?;
+    let first = fetch_authorized(platform, &first_url, tokens)
+        .await
+        .map_err(|e| e.into_error(1))?;
     let (planned, rest) = match first.total {
         Some(total) => {
             // startIndex counts entries, in steps of the page size we asked for.
@@ -107,9 +98,8 @@ pub async fn pages<'a>(
             let rest = stream::iter(starts.into_iter().enumerate())
                 .map(move |(i, start)| {
                     let url = page_url(&base, search, &patient, Some(start));
-                    let token = token.clone();
                     async move {
-                        let page = fetch_page(platform, &url, &token).await;
+                        let page = fetch_authorized(platform, &url, tokens).await;
                         (i + 2, page.map_err(|e| e.into_error(i + 2)))
                     }
                 })
@@ -119,12 +109,11 @@ pub async fn pages<'a>(
         }
         None => {
             let rest = stream::unfold((first.next.clone(), 2usize), move |(next, number)| {
-                let token = token.clone();
                 let base = base.clone();
                 async move {
                     let url = next?;
                     let page = match check_same_origin(&url, &base) {
-                        Ok(()) => fetch_page(platform, &url, &token)
+                        Ok(()) => fetch_authorized(platform, &url, tokens)
                             .await
                             .map_err(|e| e.into_error(number)),
                         Err(e) => Err(e),
@@ -145,6 +134,23 @@ pub async fn pages<'a>(
     })
 }
 
+/// Fetches a page with the shared token; a 401 (the token expired or was revoked mid-fetch) renews it
+/// once and tries again.
+async fn fetch_authorized<P: Platform>(
+    platform: &P,
+    url: &str,
+    tokens: &SharedToken<'_, P>,
+) -> Result<Page, PageError> {
+    let token = tokens.current();
+    match fetch_page(platform, url, &token).await {
+        Err(PageError::Unauthorized) => {
+            let fresh = tokens.renew(&token).await.map_err(PageError::Renewal)?;
+            fetch_page(platform, url, &fresh).await
+        }
+        other => other,
+    }
+}
+
 /// The access token goes only to CMS: a `next` link elsewhere is refused.
 fn check_same_origin(url: &str, base: &str) -> Result<(), Error> {
     let ok = Url::parse(url)
@@ -162,6 +168,8 @@ fn check_same_origin(url: &str, base: &str) -> Result<(), Error> {
 
 enum PageError {
     Unauthorized,
+    /// CMS refused the token and refreshing it failed (the grant is gone, say).
+    Renewal(Error),
     Status(u16, String),
     Transport(crate::ports::HttpError),
     Body(String),
@@ -173,6 +181,7 @@ impl PageError {
             PageError::Unauthorized => Error::Unauthorized(format!(
                 "CMS refused this session's access token on page {page}: authorize again"
             )),
+            PageError::Renewal(err) => err,
             // CMS checks the filters we pass through: its 400 is the caller's to fix.
             PageError::Status(400, detail) => {
                 Error::BadRequest(format!("CMS refused the search: {detail}"))
@@ -183,6 +192,9 @@ impl PageError {
             PageError::Status(status, detail) => Error::BadGateway(format!(
                 "CMS answered page {page} with {status} after retries: {detail}"
             )),
+            PageError::Transport(crate::ports::HttpError::TooLarge(limit)) => Error::BadGateway(
+                format!("CMS sent a page {page} larger than the {limit}-byte limit; refused it"),
+            ),
             PageError::Transport(crate::ports::HttpError::Timeout) => Error::GatewayTimeout(
                 format!("CMS did not answer page {page} in time, after retries"),
             ),
@@ -196,7 +208,28 @@ impl PageError {
     }
 }
 
+/// How often a page whose body arrived broken (cut short, not a Bundle) is fetched again.
+const BROKEN_BODY_RETRIES: u32 = 2;
+
 async fn fetch_page(platform: &impl Platform, url: &str, token: &str) -> Result<Page, PageError> {
+    let mut broken = 0;
+    loop {
+        match fetch_page_once(platform, url, token).await {
+            Err(PageError::Body(_)) if broken < BROKEN_BODY_RETRIES => broken += 1,
+            Ok(mut page) => {
+                page.retries += broken;
+                return Ok(page);
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_page_once(
+    platform: &impl Platform,
+    url: &str,
+    token: &str,
+) -> Result<Page, PageError> {
     let request = http::Request::get(url)
         .header("Authorization", format!("Bearer {token}"))
         .header("Accept", "application/fhir+json")

@@ -34,6 +34,8 @@ pub enum HttpError {
     Timeout,
     #[error("connection failed: {0}")]
     Connection(String),
+    #[error("the answer is larger than the {0}-byte limit")]
+    TooLarge(usize),
     #[error("{0}")]
     Other(String),
 }

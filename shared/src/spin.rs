@@ -52,24 +52,54 @@ impl KeyValue for SpinPlatform {
     }
 }
 
+/// No single upstream answer may be larger than this (a CMS page of 50 EOBs is a few MB): past it the
+/// call fails instead of the component running out of memory.
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 64 << 20;
+
 impl HttpClient for SpinPlatform {
     async fn send(
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {
-        use spin_sdk::http::{ErrorCode, SendError};
-        match spin_sdk::http::send::<_, http::Response<Vec<u8>>>(request).await {
-            Ok(resp) => Ok(resp),
-            Err(SendError::Http(ErrorCode::HttpRequestDenied)) => Err(HttpError::Denied),
+        use futures::StreamExt;
+        use spin_sdk::http::{ErrorCode, IncomingResponse, SendError};
+        let response = match spin_sdk::http::send::<_, IncomingResponse>(request).await {
+            Ok(resp) => resp,
+            Err(SendError::Http(ErrorCode::HttpRequestDenied)) => return Err(HttpError::Denied),
             Err(SendError::Http(
                 ErrorCode::ConnectionTimeout
                 | ErrorCode::ConnectionReadTimeout
                 | ErrorCode::ConnectionWriteTimeout
                 | ErrorCode::HttpResponseTimeout,
-            )) => Err(HttpError::Timeout),
-            Err(SendError::Http(code)) => Err(HttpError::Connection(format!("{code:?}"))),
-            Err(other) => Err(HttpError::Other(other.to_string())),
+            )) => return Err(HttpError::Timeout),
+            Err(SendError::Http(code)) => return Err(HttpError::Connection(format!("{code:?}"))),
+            Err(other) => return Err(HttpError::Other(other.to_string())),
+        };
+        let mut builder = http::Response::builder().status(response.status());
+        for (name, value) in response.headers().entries() {
+            builder = builder.header(name, value);
         }
+        let declared = response
+            .headers()
+            .get("content-length")
+            .first()
+            .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_UPSTREAM_BODY_BYTES) {
+            return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.take_body_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| HttpError::Connection(format!("reading the body: {e:?}")))?;
+            if body.len() + chunk.len() > MAX_UPSTREAM_BODY_BYTES {
+                return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        builder
+            .body(body)
+            .map_err(|e| HttpError::Other(format!("an unusable response: {e}")))
     }
 }
 

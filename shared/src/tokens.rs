@@ -76,3 +76,53 @@ pub async fn access_token(
         Err(TokenFailure::Failed(err)) => Err(err),
     }
 }
+
+/// One fetch's access token, shared by its concurrent pages. When CMS refuses it mid-fetch (it expired,
+/// or was revoked and re-granted), the first page to notice refreshes it and the others use the result.
+pub struct SharedToken<'a, P: Platform> {
+    platform: &'a P,
+    pub ctx: &'a TokenContext,
+    session: std::cell::RefCell<Session>,
+    current: std::cell::RefCell<String>,
+}
+
+impl<'a, P: Platform> SharedToken<'a, P> {
+    pub async fn new(
+        platform: &'a P,
+        ctx: &'a TokenContext,
+        mut session: Session,
+    ) -> Result<SharedToken<'a, P>, Error> {
+        let token = access_token(platform, ctx, &mut session, false).await?;
+        Ok(SharedToken {
+            platform,
+            ctx,
+            session: std::cell::RefCell::new(session),
+            current: std::cell::RefCell::new(token),
+        })
+    }
+
+    pub fn current(&self) -> String {
+        self.current.borrow().clone()
+    }
+
+    pub fn patient(&self) -> String {
+        self.session.borrow().record.patient.clone()
+    }
+
+    /// Called with the token CMS just refused: refreshes it, unless another page already has.
+    pub async fn renew(&self, refused: &str) -> Result<String, Error> {
+        if *self.current.borrow() != refused {
+            return Ok(self.current());
+        }
+        // No RefCell borrow may live across the await: work on a copy, then store it.
+        let mut session = self.session.borrow().clone();
+        let token = access_token(self.platform, self.ctx, &mut session, true).await?;
+        *self.session.borrow_mut() = session;
+        *self.current.borrow_mut() = token.clone();
+        Ok(token)
+    }
+
+    pub fn into_session(self) -> Session {
+        self.session.into_inner()
+    }
+}

@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use testkit::host::{serve, App, HostOptions};
 
 #[derive(Parser)]
-#[command(name = "spin-host", about = "Runs a Spin HTTP app from its spin.toml (a test host)")]
+#[command(
+    name = "spin-host",
+    about = "Runs a Spin HTTP app from its spin.toml (a test host)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

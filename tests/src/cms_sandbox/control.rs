@@ -3,7 +3,7 @@
 use super::data::format_instant_ms;
 use super::oauth::{NOT_AUTHENTICATED, PERMISSION_DENIED};
 use super::{detail_response, html_response, json_response, AppState, Options, CT_JSON};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -29,6 +29,53 @@ struct StartIndexFault {
     status: u16,
     remaining: u64,
     resource: Option<String>,
+    /// A broken 200 instead of an error status.
+    body: Option<BodyFault>,
+}
+
+/// A 200 whose body is broken: cut short, not JSON, or larger than any page should be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum BodyFault {
+    Truncated,
+    Malformed,
+    Huge(usize),
+}
+
+/// What an injected fault does to a FHIR data request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Fault {
+    Status(StatusCode),
+    Body(BodyFault),
+}
+
+/// The response for a broken-body fault.
+pub(crate) fn body_fault_response(fault: BodyFault) -> Response {
+    let body = match fault {
+        BodyFault::Truncated => Body::from(
+            r#"{"resourceType":"Bundle","type":"searchset","total":1000,"entry":[{"resource":{"resourceType":"ExplanationOfBenefit","id":"pde--1","#,
+        ),
+        BodyFault::Malformed => Body::from("<html><body>upstream proxy error</body></html>"),
+        BodyFault::Huge(bytes) => {
+            // Streamed, so the emulator itself never holds it.
+            let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+            let chunks = bytes.div_ceil(chunk.len());
+            let head =
+                Bytes::from_static(br#"{"resourceType":"Bundle","type":"searchset","entry":[]"#);
+            let stream = futures::stream::iter(
+                std::iter::once(head)
+                    .chain(std::iter::repeat_n(chunk, chunks))
+                    .chain(std::iter::once(Bytes::from_static(b"}")))
+                    .map(Ok::<_, std::convert::Infallible>),
+            );
+            Body::from_stream(stream)
+        }
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    resp
 }
 
 /// Rate-limit numbers for the `X-RateLimit-*` headers.
@@ -71,7 +118,7 @@ impl Control {
 
     /// The failure (if any) for a FHIR data request about to "call BFD": forced start-index faults,
     /// then forced next-K faults, then the seeded random rate.
-    pub fn take_fault(&mut self, resource: &str, start_index: Option<usize>) -> Option<StatusCode> {
+    pub fn take_fault(&mut self, resource: &str, start_index: Option<usize>) -> Option<Fault> {
         if let Some(si) = start_index {
             let hit = self.start_index_faults.iter_mut().find(|f| {
                 f.remaining > 0
@@ -80,17 +127,20 @@ impl Control {
             });
             if let Some(f) = hit {
                 f.remaining -= 1;
-                let status = f.status;
+                let (status, body) = (f.status, f.body);
                 self.start_index_faults.retain(|f| f.remaining > 0);
-                return StatusCode::from_u16(status).ok();
+                if let Some(body) = body {
+                    return Some(Fault::Body(body));
+                }
+                return StatusCode::from_u16(status).ok().map(Fault::Status);
             }
         }
         if let Some(status) = self.next_faults.pop_front() {
-            return StatusCode::from_u16(status).ok();
+            return StatusCode::from_u16(status).ok().map(Fault::Status);
         }
         if self.fault_rate > 0.0 && self.rng.gen_bool(self.fault_rate) {
             let status = RANDOM_FAULTS[self.rng.gen_range(0..RANDOM_FAULTS.len())];
-            return StatusCode::from_u16(status).ok();
+            return StatusCode::from_u16(status).ok().map(Fault::Status);
         }
         None
     }
@@ -400,7 +450,13 @@ async fn faults_start_index(State(st): State<Arc<AppState>>, body: Bytes) -> Res
         Ok(v) => v,
         Err(r) => return r,
     };
-    let (start_index, status) = match (req_u64(&v, "start_index"), req_status(&v)) {
+    // A broken-body fault is a 200 and needs no status.
+    let status_check = if v.get("body").is_some() {
+        Ok(200)
+    } else {
+        req_status(&v)
+    };
+    let (start_index, status) = match (req_u64(&v, "start_index"), status_check) {
         (Ok(i), Ok(s)) => (i as usize, s),
         (Err(r), _) | (_, Err(r)) => return r,
     };
@@ -409,12 +465,22 @@ async fn faults_start_index(State(st): State<Arc<AppState>>, body: Bytes) -> Res
         .get("resource")
         .and_then(Value::as_str)
         .map(str::to_string);
+    let body = match v.get("body").and_then(Value::as_str) {
+        None => None,
+        Some("truncated") => Some(BodyFault::Truncated),
+        Some("malformed") => Some(BodyFault::Malformed),
+        Some("huge") => Some(BodyFault::Huge(
+            v.get("bytes").and_then(Value::as_u64).unwrap_or(100 << 20) as usize,
+        )),
+        Some(_) => return bad("`body` is `truncated`, `malformed` or `huge`"),
+    };
     st.with_ctl(|c| {
         c.start_index_faults.push(StartIndexFault {
             start_index,
             status,
             remaining,
             resource,
+            body,
         })
     });
     ok(json!({ "start_index": start_index, "status": status, "count": remaining }))
@@ -537,6 +603,13 @@ async fn delete_grant(State(st): State<Arc<AppState>>, Path(patient): Path<Strin
 mod tests {
     use super::*;
 
+    fn status_of(fault: Fault) -> u16 {
+        match fault {
+            Fault::Status(s) => s.as_u16(),
+            Fault::Body(_) => 200,
+        }
+    }
+
     #[test]
     fn forced_faults_come_before_random_ones_and_are_consumed() {
         let mut c = Control::new(&Options::default());
@@ -546,19 +619,17 @@ mod tests {
             status: 500,
             remaining: 1,
             resource: Some("ExplanationOfBenefit".into()),
+            body: None,
         });
-        assert_eq!(
-            c.take_fault("Coverage", Some(20)).map(|s| s.as_u16()),
-            Some(503)
-        );
+        assert_eq!(c.take_fault("Coverage", Some(20)).map(status_of), Some(503));
         assert_eq!(
             c.take_fault("ExplanationOfBenefit", Some(20))
-                .map(|s| s.as_u16()),
+                .map(status_of),
             Some(500)
         );
         assert_eq!(
             c.take_fault("ExplanationOfBenefit", Some(20))
-                .map(|s| s.as_u16()),
+                .map(status_of),
             Some(502)
         );
         assert_eq!(c.take_fault("ExplanationOfBenefit", Some(20)), None);

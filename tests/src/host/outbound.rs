@@ -31,8 +31,8 @@ pub async fn send(
         .map_err(|_| ErrorCode::ConnectionRefused)?;
     // Spin speaks HTTP/1.1 to upstreams; so do we.
     let (mut sender, worker) = if config.use_tls {
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|_| ErrorCode::HttpRequestUriInvalid)?;
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(name, tcp)
             .await

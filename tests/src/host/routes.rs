@@ -62,7 +62,8 @@ impl Route {
 
     fn matches(&self, path: &str) -> Option<RouteMatch<'_>> {
         let parts: Vec<&str> = split(path).collect();
-        if parts.len() < self.segments.len() || (!self.wildcard && parts.len() != self.segments.len())
+        if parts.len() < self.segments.len()
+            || (!self.wildcard && parts.len() != self.segments.len())
         {
             return None;
         }
@@ -161,7 +162,10 @@ mod tests {
             "authorize"
         );
         assert_eq!(
-            r.route("/bluebutton/connect/outbox").unwrap().route.component,
+            r.route("/bluebutton/connect/outbox")
+                .unwrap()
+                .route
+                .component,
             "outbox"
         );
         assert_eq!(

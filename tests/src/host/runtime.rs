@@ -17,7 +17,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::bindings::ProxyPre;
 use wasmtime_wasi_http::body::HyperOutgoingBody;
-use wasmtime_wasi_http::types::{HostFutureIncomingResponse, IncomingResponse, OutgoingRequestConfig};
+use wasmtime_wasi_http::types::{
+    HostFutureIncomingResponse, IncomingResponse, OutgoingRequestConfig,
+};
 use wasmtime_wasi_http::{HttpResult, WasiHttpCtx, WasiHttpView};
 
 use super::allowed_hosts::AllowedHosts;
@@ -254,7 +256,10 @@ impl AppInner {
             &self.engine,
             Ctx {
                 table: ResourceTable::new(),
-                wasi: WasiCtxBuilder::new().inherit_stderr().inherit_stdout().build(),
+                wasi: WasiCtxBuilder::new()
+                    .inherit_stderr()
+                    .inherit_stdout()
+                    .build(),
                 http: WasiHttpCtx::new(),
                 component: component.config.clone(),
                 app: Arc::downgrade(self),
@@ -292,7 +297,8 @@ impl AppInner {
     ) -> Result<IncomingResponse, ErrorCode> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await?.to_bytes();
-        let req = hyper::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}));
+        let req =
+            hyper::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}));
         let path = req.uri().path().to_string();
         let route = self
             .router
@@ -301,7 +307,10 @@ impl AppInner {
             .find(|r| r.component == target)
             .cloned()
             .unwrap_or_else(|| Route::parse("/...", &target).expect("valid route"));
-        let matched = self.router.route(&path).filter(|m| m.route.component == target);
+        let matched = self
+            .router
+            .route(&path)
+            .filter(|m| m.route.component == target);
         let matched = matched.unwrap_or(RouteMatch {
             route: &route,
             path_info: path.clone(),
@@ -329,7 +338,10 @@ fn add_spin_headers<B>(req: &mut hyper::Request<B>, matched: &RouteMatch<'_>, cl
         .to_string();
     let full_url = format!(
         "http://{host}{}",
-        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let base = matched.route.base();
     let mut headers = vec![

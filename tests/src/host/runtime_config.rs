@@ -81,9 +81,8 @@ impl RuntimeConfig {
             .into_iter()
             .map(|entry| {
                 let ca_pem = match &entry.ca_roots_file {
-                    Some(file) => vec![std::fs::read(dir.join(file)).with_context(|| {
-                        format!("client_tls: cannot read {}", file.display())
-                    })?],
+                    Some(file) => vec![std::fs::read(dir.join(file))
+                        .with_context(|| format!("client_tls: cannot read {}", file.display()))?],
                     None => Vec::new(),
                 };
                 Ok(ClientTlsEntry {

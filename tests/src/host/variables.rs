@@ -200,7 +200,10 @@ mod tests {
             ..Default::default()
         };
         let vars = Variables::resolve(&decls(), &sources).unwrap();
-        assert_eq!(vars.expand("{{ base }}/x").unwrap(), "https://example.org/x");
+        assert_eq!(
+            vars.expand("{{ base }}/x").unwrap(),
+            "https://example.org/x"
+        );
         assert_eq!(vars.expand("{{base}}").unwrap(), "https://example.org");
         assert!(vars.expand("{{ nope }}").is_err());
     }
