@@ -33,13 +33,9 @@ async fn get(url: String) -> (u16, String) {
 #[tokio::test]
 async fn every_request_gets_a_fresh_instance() {
     let up = upstream().await;
-    let host = start(
-        &probe_manifest(),
-        &[format!("upstream=http://{up}")],
-        None,
-    )
-    .await
-    .unwrap();
+    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+        .await
+        .unwrap();
     let before = host.app.instantiations();
     for _ in 0..3 {
         assert_eq!(
@@ -75,7 +71,11 @@ async fn key_value_persists_across_requests_and_restarts() {
     }
     let host = start(&probe_manifest(), &vars, Some(&file)).await.unwrap();
     assert_eq!(
-        get(format!("{}/probe/kv/get?label=default&key=k", host.base_url())).await,
+        get(format!(
+            "{}/probe/kv/get?label=default&key=k",
+            host.base_url()
+        ))
+        .await,
         (200, "v1".into()),
         "--kv-file keeps values across restarts"
     );
@@ -173,7 +173,10 @@ async fn spin_headers_and_routing() {
         "spin-component-route=/probe",
         &format!("spin-full-url={base}/probe/headers?x=1"),
     ] {
-        assert!(headers.contains(expected), "{expected} missing in\n{headers}");
+        assert!(
+            headers.contains(expected),
+            "{expected} missing in\n{headers}"
+        );
     }
     assert!(headers.contains("spin-client-addr=127.0.0.1:"));
     assert_eq!(get(format!("{base}/nowhere")).await.0, 404);
@@ -269,7 +272,11 @@ async fn every_route_of_the_real_app_answers() {
 
     for (method, path, status) in [
         ("GET", "/bluebutton/callback", 400),
-        ("GET", "/bluebutton/callback?state=forged-state-0123456789&code=x", 400),
+        (
+            "GET",
+            "/bluebutton/callback?state=forged-state-0123456789&code=x",
+            400,
+        ),
         ("GET", "/bluebutton/fhir/Patient", 401),
         ("GET", "/bluebutton/fhir/Encounter", 404),
         ("GET", "/bluebutton/connect/outbox", 401),
