@@ -253,6 +253,11 @@ impl CmsSandbox {
 
     /// Grants and issues tokens for a synthetic user without the browser round trip (for benchmarks
     /// and tests that are not about OAuth). Returns the same JSON body `/v2/o/token/` would.
+    /// Every token, code and PKCE verifier this emulator issued or was shown (for leak checks).
+    pub fn secrets_seen(&self) -> Vec<String> {
+        self.state.with_auth(|auth| auth.secrets())
+    }
+
     pub fn issue_tokens(
         &self,
         username: &str,

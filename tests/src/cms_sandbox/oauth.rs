@@ -85,6 +85,8 @@ pub(crate) struct AuthState {
     access: HashMap<String, AccessTok>,
     refresh: HashMap<String, RefreshTok>,
     grants: HashMap<String, Grant>,
+    /// Every PKCE verifier a client presented, for tests that look for leaks.
+    verifiers: Vec<String>,
 }
 
 pub(crate) enum TokenCheck {
@@ -96,6 +98,17 @@ pub(crate) enum TokenCheck {
 }
 
 impl AuthState {
+    /// Every secret a client was given or showed: access and refresh tokens, codes, PKCE verifiers.
+    pub fn secrets(&self) -> Vec<String> {
+        self.access
+            .keys()
+            .chain(self.refresh.keys())
+            .chain(self.codes.keys())
+            .chain(&self.verifiers)
+            .cloned()
+            .collect()
+    }
+
     pub fn upsert_grant(&mut self, patient: &str) -> Grant {
         let now = OffsetDateTime::now_utc();
         let grant = Grant {
@@ -787,6 +800,7 @@ fn code_grant(st: &AppState, fields: &[(String, String)]) -> Response {
                 Some("Code verifier required."),
             );
         };
+        a.verifiers.push(verifier.to_string());
         if !(43..=128).contains(&verifier.len()) {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
