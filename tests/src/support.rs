@@ -210,6 +210,38 @@ impl Stack {
         self.host.base_url()
     }
 
+    /// Signs `user` in through the emulator's forms and returns the session.
+    pub async fn session(&self, user: &str) -> String {
+        crate::beneficiary::sign_in(&self.base_url(), user)
+            .await
+            .expect("sign-in")["session"]
+            .as_str()
+            .expect("a session")
+            .to_string()
+    }
+
+    /// `POST {cms}/_emulator/{path}` with a JSON body (test control of the CMS emulator).
+    pub async fn cms_control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/_emulator/{path}", self.cms.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .expect("the CMS emulator answers");
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.expect("JSON")
+    }
+
+    /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
+    pub async fn cms_counters(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/_emulator/counters", self.cms.base_url()))
+            .await
+            .expect("the CMS emulator answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// Every key and value in the app's default store, as text (for at-rest checks).
     pub fn store_dump(&self) -> String {
         self.host

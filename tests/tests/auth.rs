@@ -24,15 +24,6 @@ async fn problem(resp: reqwest::Response) -> (u16, String) {
     (status, body["detail"].as_str().unwrap().to_string())
 }
 
-async fn counters(stack: &Stack) -> Value {
-    reqwest::get(format!("{}/_emulator/counters", stack.cms.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_beneficiary_authorizes_and_the_session_reaches_their_data() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
@@ -60,11 +51,14 @@ async fn a_beneficiary_authorizes_and_the_session_reaches_their_data() {
     assert_eq!(bundle["entry"][0]["resource"]["id"], BBUSER29999_PATIENT);
 
     // The callback cannot be replayed: its state is gone, and CMS is not asked again.
-    let before = counters(&stack).await["total"].as_u64().unwrap();
+    let before = stack.cms_counters().await["total"].as_u64().unwrap();
     let (status, detail) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
     assert_eq!(status, 400);
     assert!(detail.contains("state"));
-    assert_eq!(counters(&stack).await["total"].as_u64().unwrap(), before);
+    assert_eq!(
+        stack.cms_counters().await["total"].as_u64().unwrap(),
+        before
+    );
 
     // At rest: the session only as a hash, the tokens sealed.
     let dump = stack.store_dump();
@@ -112,7 +106,7 @@ async fn forged_states_are_refused_before_calling_cms() {
         .await;
         assert_eq!(status, 400, "{query}");
     }
-    assert_eq!(counters(&stack).await["total"], 0);
+    assert_eq!(stack.cms_counters().await["total"], 0);
 }
 
 #[tokio::test]
@@ -140,7 +134,7 @@ async fn an_expiring_token_is_refreshed_and_concurrent_refreshes_keep_the_sessio
     for resp in futures::future::join_all(requests).await {
         assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     }
-    let token_calls = &counters(&stack).await["by_path"]["/v2/o/token/"];
+    let token_calls = &stack.cms_counters().await["by_path"]["/v2/o/token/"];
     let refreshes: u64 = token_calls
         .as_object()
         .unwrap()
@@ -165,9 +159,11 @@ async fn ending_a_session_revokes_it_at_cms() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    assert!(counters(&stack).await["by_path"]["/v2/o/revoke/"]["200"]
-        .as_u64()
-        .is_some());
+    assert!(
+        stack.cms_counters().await["by_path"]["/v2/o/revoke/"]["200"]
+            .as_u64()
+            .is_some()
+    );
     let (status, _) = problem(fetch_patient(&stack, &session).await).await;
     assert_eq!(status, 401);
     assert!(!stack.store_dump().contains("session:"));

@@ -5,16 +5,9 @@ use std::collections::HashSet;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use testkit::beneficiary::{self, sign_in};
+use testkit::beneficiary;
 use testkit::cms_sandbox::BBUSER29999_PATIENT;
 use testkit::support::{Stack, ADMIN_KEY};
-
-async fn session(stack: &Stack, user: &str) -> String {
-    sign_in(&stack.base_url(), user).await.unwrap()["session"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn deliver_type(stack: &Stack, session: &str, resource: &str) -> (u16, Value) {
     let resp = beneficiary::client()
@@ -106,7 +99,7 @@ async fn a_thousand_claims_arrive_in_connect_complete_in_bounded_batches() {
     let stack = Stack::start(|o| o.eob_count = Some(1000), &[])
         .await
         .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let started = std::time::Instant::now();
     let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
     let elapsed = started.elapsed();
@@ -178,7 +171,7 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
     )
     .await
     .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(status, 202, "{result}");
     assert_eq!(result["delivered"], 0);
@@ -354,7 +347,7 @@ async fn refused_resources_are_isolated_and_dead_lettered_while_the_rest_is_deli
 #[tokio::test]
 async fn a_patient_whose_claims_connect_refuses_is_dead_lettered_not_lost() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = session(&stack, "BBUser00001").await;
+    let session = stack.session("BBUser00001").await;
     let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(status, 200);
     let delivered = result["delivered"].as_u64().unwrap();
@@ -415,7 +408,7 @@ async fn admin_routes_refuse_without_the_key_and_vanish_without_the_variable() {
 #[tokio::test]
 async fn the_admin_sync_delivers_what_changed_and_only_that() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let _ = session(&stack, "BBUser29999").await;
+    let _ = stack.session("BBUser29999").await;
     let sync = || async {
         let resp = admin(
             &stack,
@@ -443,18 +436,12 @@ async fn the_admin_sync_delivers_what_changed_and_only_that() {
     );
     assert_eq!(stored_in_connect(&stack).await.len(), before);
 
-    let added: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/_emulator/patients/{BBUSER29999_PATIENT}/eobs",
-            stack.cms.base_url()
-        ))
-        .json(&json!({"count": 4}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let added: Value = stack
+        .cms_control(
+            &format!("patients/{BBUSER29999_PATIENT}/eobs"),
+            json!({"count": 4}),
+        )
+        .await;
     let third = sync().await;
     assert_eq!(
         third["patients"][0]["types"]["ExplanationOfBenefit"]["delivered"],
@@ -496,7 +483,7 @@ async fn connects_rate_limit_is_waited_out() {
     )
     .await
     .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["delivered"], 40);

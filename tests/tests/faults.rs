@@ -5,15 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use testkit::beneficiary::{self, sign_in};
+use testkit::beneficiary;
 use testkit::support::{Stack, ADMIN_KEY};
-
-async fn session(stack: &Stack) -> String {
-    sign_in(&stack.base_url(), "BBUser29999").await.unwrap()["session"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn fetch(stack: &Stack, session: &str, query: &str) -> reqwest::Response {
     beneficiary::client()
@@ -40,16 +33,6 @@ async fn ids(resp: reqwest::Response) -> Vec<String> {
     ids
 }
 
-async fn control(stack: &Stack, path: &str, body: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/_emulator/{path}", stack.cms.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{path}");
-}
-
 #[tokio::test]
 async fn a_flaky_cms_and_a_failing_connect_still_give_the_exact_result_everywhere() {
     let stack = Stack::start_with(
@@ -67,7 +50,7 @@ async fn a_flaky_cms_and_a_failing_connect_still_give_the_exact_result_everywher
     )
     .await
     .unwrap();
-    let session = session(&stack).await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(&stack, &session, "").await;
     assert_eq!(resp.headers()["x-connect-queued"], "0");
     assert_eq!(resp.headers()["x-connect-delivered"], "1000");
@@ -98,7 +81,7 @@ async fn a_connect_outage_leaves_the_outbox_holding_exactly_the_failed_batches()
     )
     .await
     .unwrap();
-    let session = session(&stack).await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(&stack, &session, "?return_cms=false").await;
     assert_eq!(resp.status(), 202);
     let result: Value = resp.json().await.unwrap();
@@ -132,7 +115,7 @@ async fn tokens_expiring_mid_fetch_are_renewed_and_the_fetch_completes() {
     )
     .await
     .unwrap();
-    let session = session(&stack).await;
+    let session = stack.session("BBUser29999").await;
     let base = stack.cms.base_url();
     let expire = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -146,12 +129,7 @@ async fn tokens_expiring_mid_fetch_are_renewed_and_the_fetch_completes() {
     let resp = fetch(&stack, &session, "?push=false").await;
     expire.await.unwrap();
     assert_eq!(ids(resp).await.len(), 1000);
-    let counters: Value = reqwest::get(format!("{}/_emulator/counters", stack.cms.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counters = stack.cms_counters().await;
     let unauthorized = counters["by_status"]["401"].as_u64().unwrap_or(0);
     assert!(
         unauthorized > 0,
@@ -171,29 +149,29 @@ async fn a_truncated_or_malformed_page_is_fetched_again_or_refused_clearly() {
     let stack = Stack::start(|o| o.eob_count = Some(200), &[])
         .await
         .unwrap();
-    let session = session(&stack).await;
-    control(
-        &stack,
-        "faults/start-index",
-        json!({"start_index": 50, "count": 1, "body": "truncated"}),
-    )
-    .await;
-    control(
-        &stack,
-        "faults/start-index",
-        json!({"start_index": 100, "count": 1, "body": "malformed"}),
-    )
-    .await;
+    let session = stack.session("BBUser29999").await;
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 50, "count": 1, "body": "truncated"}),
+        )
+        .await;
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 100, "count": 1, "body": "malformed"}),
+        )
+        .await;
     let resp = fetch(&stack, &session, "?push=false").await;
     assert_eq!(resp.headers()["x-upstream-retries"], "2");
     assert_eq!(ids(resp).await.len(), 200);
 
-    control(
-        &stack,
-        "faults/start-index",
-        json!({"start_index": 150, "count": 10, "body": "truncated"}),
-    )
-    .await;
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 150, "count": 10, "body": "truncated"}),
+        )
+        .await;
     let resp = fetch(&stack, &session, "?push=false").await;
     assert_eq!(resp.status(), 502);
     let problem: Value = resp.json().await.unwrap();
@@ -209,13 +187,13 @@ async fn an_absurdly_large_page_is_refused_not_swallowed() {
     let stack = Stack::start(|o| o.eob_count = Some(100), &[])
         .await
         .unwrap();
-    let session = session(&stack).await;
-    control(
-        &stack,
-        "faults/start-index",
-        json!({"start_index": 50, "count": 5, "body": "huge", "bytes": 200_000_000u64}),
-    )
-    .await;
+    let session = stack.session("BBUser29999").await;
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 50, "count": 5, "body": "huge", "bytes": 200_000_000u64}),
+        )
+        .await;
     let resp = fetch(&stack, &session, "?push=false").await;
     assert_eq!(resp.status(), 502);
     let problem: Value = resp.json().await.unwrap();
@@ -240,7 +218,7 @@ async fn a_failing_key_value_store_is_a_clear_error_and_nothing_is_claimed() {
     )
     .await
     .unwrap();
-    let session = session(&stack).await;
+    let session = stack.session("BBUser29999").await;
     let store = stack.host.app.kv_store("default").unwrap();
     store.fail_writes(true);
     // Connect is down and the outbox cannot be written: the answer must not claim the batch is safe.

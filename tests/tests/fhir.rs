@@ -3,16 +3,9 @@
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
-use testkit::beneficiary::{self, sign_in};
+use testkit::beneficiary;
 use testkit::cms_sandbox::{BBUSER00001_PATIENT, BBUSER29999_PATIENT};
 use testkit::support::Stack;
-
-async fn session(stack: &Stack, user: &str) -> String {
-    sign_in(&stack.base_url(), user).await.unwrap()["session"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 async fn fetch(stack: &Stack, session: &str, path_and_query: &str) -> reqwest::Response {
     beneficiary::client()
@@ -46,16 +39,6 @@ async fn bundle(resp: reqwest::Response) -> (Value, Vec<String>) {
     assert_eq!(distinct.len(), ids.len(), "an entry appears twice");
     assert_eq!(body["total"], ids.len());
     (body, ids)
-}
-
-async fn control(stack: &Stack, path: &str, body: Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/_emulator/{path}", stack.cms.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
 }
 
 /// What CMS holds for a patient, read directly with a fresh token and the emulator's own paging.
@@ -101,7 +84,7 @@ async fn cms_ids(
 #[tokio::test]
 async fn each_resource_type_is_fetched_whole_with_its_own_search_parameter() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     for (resource, param) in [
         ("Patient", "_id"),
         ("Coverage", "beneficiary"),
@@ -125,7 +108,7 @@ async fn a_thousand_claims_arrive_exactly_once() {
     let stack = Stack::start(|o| o.eob_count = Some(1000), &[])
         .await
         .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(resp.headers()["x-pages-fetched"], "20");
     let (_, ids) = bundle(resp).await;
@@ -146,8 +129,8 @@ async fn without_total_the_next_links_are_followed() {
     let stack = Stack::start(|_| {}, &["page_size=10".into()])
         .await
         .unwrap();
-    control(&stack, "omit-total", json!({"omit": true})).await;
-    let session = session(&stack, "BBUser00001").await;
+    stack.cms_control("omit-total", json!({"omit": true})).await;
+    let session = stack.session("BBUser00001").await;
     let resp = fetch(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(resp.headers()["x-pages-fetched"], "6");
     let (_, ids) = bundle(resp).await;
@@ -157,7 +140,7 @@ async fn without_total_the_next_links_are_followed() {
 #[tokio::test]
 async fn filters_pass_through_and_unknown_parameters_are_refused() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = session(&stack, "BBUser00001").await;
+    let session = stack.session("BBUser00001").await;
     let (_, all) = bundle(fetch(&stack, &session, "ExplanationOfBenefit").await).await;
     let (_, carrier) =
         bundle(fetch(&stack, &session, "ExplanationOfBenefit?type=carrier").await).await;
@@ -181,7 +164,7 @@ async fn filters_pass_through_and_unknown_parameters_are_refused() {
 #[tokio::test]
 async fn a_session_cannot_reach_another_patient() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(
         &stack,
         &session,
@@ -213,7 +196,7 @@ async fn faults_are_retried_into_the_exact_complete_result() {
     )
     .await
     .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(&stack, &session, "ExplanationOfBenefit").await;
     let retries: u32 = resp.headers()["x-upstream-retries"]
         .to_str()
@@ -223,12 +206,7 @@ async fn faults_are_retried_into_the_exact_complete_result() {
     let (_, ids) = bundle(resp).await;
     assert_eq!(ids.len(), 1000);
     assert!(retries > 0, "the seeded faults never hit");
-    let counters: Value = reqwest::get(format!("{}/_emulator/counters", stack.cms.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counters = stack.cms_counters().await;
     let failed: u64 = ["429", "500", "502", "503"]
         .iter()
         .filter_map(|s| counters["by_status"][s].as_u64())
@@ -245,10 +223,8 @@ async fn a_page_that_keeps_failing_is_a_502_naming_it() {
     let stack = Stack::start(|_| {}, &["page_size=10".into()])
         .await
         .unwrap();
-    let session = session(&stack, "BBUser00001").await;
-    control(
-        &stack,
-        "faults/start-index",
+    let session = stack.session("BBUser00001").await;
+    stack.cms_control("faults/start-index",
         json!({"start_index": 30, "status": 500, "count": 100, "resource": "ExplanationOfBenefit"}),
     )
     .await;
@@ -269,18 +245,18 @@ async fn large_results_stream_and_a_late_failure_breaks_the_body() {
     )
     .await
     .unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let resp = fetch(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(resp.headers()["x-streamed"], "true");
     let (_, ids) = bundle(resp).await;
     assert_eq!(ids.len(), 300);
 
-    control(
-        &stack,
-        "faults/start-index",
-        json!({"start_index": 200, "status": 503, "count": 100}),
-    )
-    .await;
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 200, "status": 503, "count": 100}),
+        )
+        .await;
     let resp = fetch(&stack, &session, "ExplanationOfBenefit").await;
     assert_eq!(resp.status(), 200, "streaming had started");
     let body = resp.bytes().await;
@@ -296,24 +272,18 @@ async fn large_results_stream_and_a_late_failure_breaks_the_body() {
 #[tokio::test]
 async fn since_last_returns_only_what_changed() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = session(&stack, "BBUser29999").await;
+    let session = stack.session("BBUser29999").await;
     let (_, first) = bundle(fetch(&stack, &session, "ExplanationOfBenefit?since=last").await).await;
     assert!(!first.is_empty(), "no watermark yet: everything");
     let (_, nothing) =
         bundle(fetch(&stack, &session, "ExplanationOfBenefit?since=last").await).await;
     assert!(nothing.is_empty());
-    let added: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/_emulator/patients/{BBUSER29999_PATIENT}/eobs",
-            stack.cms.base_url()
-        ))
-        .json(&json!({"count": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let added: Value = stack
+        .cms_control(
+            &format!("patients/{BBUSER29999_PATIENT}/eobs"),
+            json!({"count": 3}),
+        )
+        .await;
     let (_, new) = bundle(fetch(&stack, &session, "ExplanationOfBenefit?since=last").await).await;
     let expected: Vec<String> = added["added"]
         .as_array()

@@ -214,12 +214,7 @@ async fn forged_replayed_and_expired_states_never_reach_cms() {
         .set(&key, &serde_json::to_vec(&record).unwrap())
         .unwrap();
     let token_calls = || async {
-        let counters: Value = reqwest::get(format!("{}/_emulator/counters", stack.cms.base_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let counters = stack.cms_counters().await;
         counters["by_path"]["/v2/o/token/"].clone()
     };
     let before = token_calls().await;
