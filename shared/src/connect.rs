@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config;
 use crate::crypto::hex;
+use crate::fhir::Resource;
 use crate::ports::{KeyValue, Platform};
 use crate::problem::Error;
 use crate::retry::{self, RetryPolicy};
@@ -82,7 +83,7 @@ impl DeliveryResult {
     }
 }
 
-/// A resource ready to send: its identity and its JSON, serialized once.
+/// A resource ready to send: its identity and its JSON text.
 #[derive(Debug, Clone)]
 struct Item {
     resource_type: String,
@@ -91,19 +92,11 @@ struct Item {
 }
 
 impl Item {
-    fn new(resource: &Value) -> Item {
+    fn new(resource: &Resource) -> Item {
         Item {
-            resource_type: resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or("Unknown")
-                .to_string(),
-            id: resource
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            json: serde_json::to_vec(resource).expect("JSON serializes"),
+            resource_type: resource.resource_type.clone(),
+            id: resource.id.clone(),
+            json: resource.json.get().as_bytes().to_vec(),
         }
     }
 }
@@ -292,7 +285,19 @@ impl<'a, P: Platform> Delivery<'a, P> {
         }
     }
 
-    pub async fn add(&mut self, resources: &[Value]) -> Result<(), Error> {
+    /// Resources given as JSON values (a request body, a queued payload).
+    pub async fn add_values(&mut self, values: &[Value]) -> Result<(), Error> {
+        let resources = values
+            .iter()
+            .map(|v| {
+                Resource::from_value(v)
+                    .map_err(|e| Error::BadRequest(format!("not a FHIR resource: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.add(&resources).await
+    }
+
+    pub async fn add(&mut self, resources: &[Resource]) -> Result<(), Error> {
         for resource in resources {
             let item = Item::new(resource);
             if self.config.mode == Mode::Resource {
@@ -477,7 +482,7 @@ pub async fn replay(
                 // Some of it is refused now: deliver it again resource by resource through the splitter.
                 let resources = payload_resources(&entry);
                 let mut delivery = Delivery::new(platform, config.clone(), &entry.patient);
-                delivery.add(&resources).await?;
+                delivery.add_values(&resources).await?;
                 let result = delivery.finish().await?;
                 platform.delete(&format!("outbox:{}", entry.id))?;
                 summary.replayed.push(entry.id);
@@ -539,6 +544,10 @@ mod tests {
         json!({"resourceType": "ExplanationOfBenefit", "id": id, "valid": valid, "pad": "x".repeat(pad)})
     }
 
+    fn item(value: &Value) -> Item {
+        Item::new(&Resource::from_value(value).unwrap())
+    }
+
     fn config(mode: Mode, batch_bytes: usize) -> ConnectConfig {
         ConnectConfig {
             url: "https://connect.test".into(),
@@ -588,8 +597,8 @@ mod tests {
         connect(&p, Rc::default(), Rc::clone(&received));
         let mut d = Delivery::new(&p, config(Mode::Bundle, 10_000), "-1");
         let resources: Vec<Value> = (0..40).map(|i| eob(&format!("e{i}"), true, 900)).collect();
-        block_on(d.add(&resources[..25])).unwrap();
-        block_on(d.add(&resources[25..])).unwrap();
+        block_on(d.add_values(&resources[..25])).unwrap();
+        block_on(d.add_values(&resources[25..])).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 40);
         assert_eq!(result.status(), 200);
@@ -611,7 +620,7 @@ mod tests {
         let resources: Vec<Value> = (0..20)
             .map(|i| eob(&format!("e{i}"), i != 3 && i != 11 && i != 12, 10))
             .collect();
-        block_on(d.add(&resources)).unwrap();
+        block_on(d.add_values(&resources)).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 17);
         assert_eq!(result.rejected, 3);
@@ -636,7 +645,7 @@ mod tests {
         connect(&p, Rc::clone(&down), Rc::clone(&received));
         let mut d = Delivery::new(&p, config(Mode::Bundle, 5_000), "-1");
         let resources: Vec<Value> = (0..10).map(|i| eob(&format!("e{i}"), true, 900)).collect();
-        block_on(d.add(&resources)).unwrap();
+        block_on(d.add_values(&resources)).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 0);
         assert_eq!(result.status(), 202);
@@ -669,9 +678,9 @@ mod tests {
 
     #[test]
     fn batch_ids_are_stable_and_content_addressed() {
-        let a = [Item::new(&eob("1", true, 1)), Item::new(&eob("2", true, 1))];
-        let b = [Item::new(&eob("1", true, 1)), Item::new(&eob("2", true, 1))];
-        let c = [Item::new(&eob("1", true, 2)), Item::new(&eob("2", true, 1))];
+        let a = [item(&eob("1", true, 1)), item(&eob("2", true, 1))];
+        let b = [item(&eob("1", true, 1)), item(&eob("2", true, 1))];
+        let c = [item(&eob("1", true, 2)), item(&eob("2", true, 1))];
         assert_eq!(batch_id("-1", &a), batch_id("-1", &b));
         assert_ne!(batch_id("-1", &a), batch_id("-1", &c));
         assert_ne!(batch_id("-1", &a), batch_id("-2", &a));
@@ -682,7 +691,7 @@ mod tests {
         let p = FakePlatform::new();
         connect(&p, Rc::default(), Rc::default());
         let mut d = Delivery::new(&p, config(Mode::Resource, 700_000), "-1");
-        block_on(d.add(&[eob("a", true, 1), eob("b", false, 1)])).unwrap();
+        block_on(d.add_values(&[eob("a", true, 1), eob("b", false, 1)])).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!((result.delivered, result.rejected), (1, 1));
         assert!(p

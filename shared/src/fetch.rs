@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::config;
 use crate::connect::{ConnectConfig, Delivery, DeliveryResult};
-use crate::fhir::{self, Page, SearchRequest};
+use crate::fhir::{self, Page, Resource, SearchRequest};
 use crate::ports::{write_full, Platform, ResponseWriter};
 use crate::problem::Error;
 use crate::session::{self, Session};
@@ -26,18 +26,18 @@ struct Dedup {
 
 impl Dedup {
     /// The page's entries not seen before, in order.
-    fn admit(&mut self, entries: Vec<Value>) -> Vec<Value> {
+    fn admit(&mut self, entries: Vec<Resource>) -> Vec<Resource> {
         entries
             .into_iter()
             .filter(|resource| {
                 // Offset paging over data that changes can repeat an entry; each appears once.
-                if let Some(key) = fhir::resource_key(resource) {
+                if let Some(key) = resource.key() {
                     if !self.seen.insert(key) {
                         self.duplicates += 1;
                         return false;
                     }
                 }
-                if let Some(updated) = fhir::last_updated(resource) {
+                if let Some(updated) = resource.last_updated {
                     self.newest = Some(self.newest.map_or(updated, |n| n.max(updated)));
                 }
                 true
@@ -108,7 +108,7 @@ async fn run_token_pages<P: Platform>(
 /// Where fetched pages go.
 trait AsyncPageSink {
     fn planned(&mut self, _pages: Option<usize>) {}
-    async fn page(&mut self, entries: Vec<Value>) -> Result<(), Error>;
+    async fn page(&mut self, entries: Vec<Resource>) -> Result<(), Error>;
 }
 
 /// The request's choices.
@@ -295,7 +295,7 @@ impl<P: Platform, W: ResponseWriter> AsyncPageSink for &mut FetchSink<'_, P, W> 
         }
     }
 
-    async fn page(&mut self, entries: Vec<Value>) -> Result<(), Error> {
+    async fn page(&mut self, entries: Vec<Resource>) -> Result<(), Error> {
         if let Some(delivery) = self.delivery.as_mut() {
             delivery.add(&entries).await?;
         }
@@ -335,13 +335,14 @@ impl<W: ResponseWriter> BundleOut<W> {
         }
     }
 
-    fn add(&mut self, entries: &[Value]) -> Result<(), Error> {
+    fn add(&mut self, entries: &[Resource]) -> Result<(), Error> {
         for resource in entries {
             if self.entries > 0 {
                 self.buffer.push(b',');
             }
             self.buffer.extend_from_slice(br#"{"resource":"#);
-            serde_json::to_writer(&mut self.buffer, resource).expect("JSON serializes");
+            self.buffer
+                .extend_from_slice(resource.json.get().as_bytes());
             self.buffer.push(b'}');
             self.entries += 1;
         }

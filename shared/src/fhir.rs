@@ -58,8 +58,82 @@ fn page_url(base: &str, search: &SearchRequest, patient: &str, start: Option<u64
     url.into()
 }
 
+/// One resource from CMS, kept as the JSON text CMS sent (parsing every claim into a tree and writing it
+/// out again is most of a fetch's CPU), with what the pipeline needs to know about it.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub resource_type: String,
+    /// Empty when the resource has none.
+    pub id: String,
+    pub last_updated: Option<time::OffsetDateTime>,
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct Head {
+    #[serde(rename = "resourceType")]
+    resource_type: String,
+    #[serde(default)]
+    id: String,
+    meta: Option<HeadMeta>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadMeta {
+    #[serde(rename = "lastUpdated")]
+    last_updated: Option<String>,
+}
+
+impl Resource {
+    pub fn from_raw(json: Box<serde_json::value::RawValue>) -> Result<Resource, String> {
+        let head: Head = serde_json::from_str(json.get())
+            .map_err(|e| format!("a resource without a resourceType ({e})"))?;
+        let last_updated = head.meta.and_then(|m| m.last_updated).and_then(|t| {
+            time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+        });
+        Ok(Resource {
+            resource_type: head.resource_type,
+            id: head.id,
+            last_updated,
+            json,
+        })
+    }
+
+    pub fn from_value(value: &Value) -> Result<Resource, String> {
+        let json = serde_json::value::to_raw_value(value).map_err(|e| e.to_string())?;
+        Resource::from_raw(json)
+    }
+
+    /// `Type/id`, its identity within a Bundle.
+    pub fn key(&self) -> Option<String> {
+        (!self.id.is_empty()).then(|| format!("{}/{}", self.resource_type, self.id))
+    }
+}
+
+/// A searchset page, read without building a tree of every claim.
+#[derive(serde::Deserialize)]
+struct RawPage {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    total: Option<u64>,
+    #[serde(default)]
+    link: Vec<RawLink>,
+    entry: Option<Vec<RawEntry>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawLink {
+    relation: Option<String>,
+    url: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    resource: Option<Box<serde_json::value::RawValue>>,
+}
+
 pub struct Page {
-    pub entries: Vec<Value>,
+    pub entries: Vec<Resource>,
     pub total: Option<u64>,
     pub next: Option<String>,
     pub retries: u32,
@@ -248,36 +322,30 @@ async fn fetch_page_once(
             .unwrap_or_else(|| format!("{} bytes", resp.body().len()));
         return Err(PageError::Status(status, detail));
     }
-    let bundle: Value = serde_json::from_slice(resp.body())
-        .map_err(|e| PageError::Body(format!("not JSON ({e})")))?;
-    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+    let page: RawPage = serde_json::from_slice(resp.body())
+        .map_err(|e| PageError::Body(format!("not a JSON Bundle ({e})")))?;
+    if page.resource_type.as_deref() != Some("Bundle") {
         return Err(PageError::Body("not a Bundle".into()));
     }
-    let entries = match bundle.get("entry") {
-        None => Vec::new(),
-        Some(Value::Array(entries)) => entries
-            .iter()
-            .map(|e| {
-                e.get("resource")
-                    .cloned()
-                    .ok_or_else(|| PageError::Body("an entry without a resource".into()))
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(PageError::Body("`entry` is not a list".into())),
-    };
-    let next = bundle
-        .get("link")
-        .and_then(Value::as_array)
-        .and_then(|links| {
-            links
-                .iter()
-                .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))
+    let entries = page
+        .entry
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| {
+            let raw = e
+                .resource
+                .ok_or_else(|| PageError::Body("an entry without a resource".into()))?;
+            Resource::from_raw(raw).map_err(PageError::Body)
         })
-        .and_then(|l| l.get("url").and_then(Value::as_str))
-        .map(str::to_string);
+        .collect::<Result<_, _>>()?;
+    let next = page
+        .link
+        .into_iter()
+        .find(|l| l.relation.as_deref() == Some("next"))
+        .and_then(|l| l.url);
     Ok(Page {
         entries,
-        total: bundle.get("total").and_then(Value::as_u64),
+        total: page.total,
         next,
         retries: retried.retries,
     })
@@ -306,21 +374,6 @@ pub fn store_watermark(
 ) -> Result<(), Error> {
     platform.set(&watermark_key(patient, resource_type), value.as_bytes())?;
     Ok(())
-}
-
-/// A resource's `meta.lastUpdated`, parsed.
-pub fn last_updated(resource: &Value) -> Option<time::OffsetDateTime> {
-    let text = resource.get("meta")?.get("lastUpdated")?.as_str()?;
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-}
-
-/// `Type/id`, the identity of a resource within a Bundle.
-pub fn resource_key(resource: &Value) -> Option<String> {
-    Some(format!(
-        "{}/{}",
-        resource.get("resourceType")?.as_str()?,
-        resource.get("id")?.as_str()?
-    ))
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ async fn connect_push_inner(platform: &impl Platform, req: &Request) -> Result<R
             };
             let patient = web::query_param(req, "patient").unwrap_or_else(|| "-".into());
             let mut delivery = Delivery::new(platform, connect, &patient);
-            delivery.add(&resources).await?;
+            delivery.add_values(&resources).await?;
             let result = delivery.finish().await?;
             json_response(result.status(), &result)
         }

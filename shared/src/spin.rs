@@ -61,7 +61,6 @@ impl HttpClient for SpinPlatform {
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {
-        use futures::StreamExt;
         use spin_sdk::http::{ErrorCode, IncomingResponse, SendError};
         let response = match spin_sdk::http::send::<_, IncomingResponse>(request).await {
             Ok(resp) => resp,
@@ -87,19 +86,60 @@ impl HttpClient for SpinPlatform {
         if declared.is_some_and(|n| n > MAX_UPSTREAM_BODY_BYTES) {
             return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
         }
-        let mut body = Vec::new();
-        let mut stream = response.take_body_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| HttpError::Connection(format!("reading the body: {e:?}")))?;
-            if body.len() + chunk.len() > MAX_UPSTREAM_BODY_BYTES {
-                return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_body(response).await?;
         builder
             .body(body)
             .map_err(|e| HttpError::Other(format!("an unusable response: {e}")))
+    }
+}
+
+/// Reads a response body in large reads (spin-sdk's stream reads 16 KiB at a time, and every read is a
+/// host call), waiting on the stream's pollable when nothing is there yet, and stopping past the limit.
+async fn read_body(response: spin_sdk::http::IncomingResponse) -> Result<Vec<u8>, HttpError> {
+    use wasi::io::streams::StreamError;
+    let body = response
+        .consume()
+        .map_err(|()| HttpError::Other("the response body was already taken".into()))?;
+    let stream = body
+        .stream()
+        .map_err(|()| HttpError::Other("the response body is not readable".into()))?;
+    let mut out = Vec::new();
+    loop {
+        match stream.read(1 << 20) {
+            Ok(bytes) if bytes.is_empty() => Ready(Some(stream.subscribe())).await,
+            Ok(bytes) => {
+                if out.len() + bytes.len() > MAX_UPSTREAM_BODY_BYTES {
+                    return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
+                }
+                out.extend_from_slice(&bytes);
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(HttpError::Connection(format!(
+                    "reading the body: {}",
+                    e.to_debug_string()
+                )))
+            }
+        }
+    }
+    drop(stream);
+    drop(body);
+    Ok(out)
+}
+
+/// Resolves once its pollable is ready, waking through Spin's executor.
+struct Ready(Option<wasi::io::poll::Pollable>);
+
+impl Future for Ready {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.0.take() {
+            Some(pollable) if !pollable.ready() => {
+                spin_executor::push_waker(pollable, cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
     }
 }
 
@@ -194,13 +234,20 @@ impl crate::ports::ResponseWriter for SpinResponseWriter {
 
     fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
         let (_, stream) = self.body.as_ref().ok_or("the response was not started")?;
-        // `blocking-write-and-flush` takes at most 4096 bytes per call.
-        for piece in chunk.chunks(4096) {
-            stream
-                .blocking_write_and_flush(piece)
-                .map_err(|e| format!("the client went away: {e:?}"))?;
+        // As much per call as the host permits (`blocking-write-and-flush` takes 4 KiB at a time).
+        let gone = |e| format!("the client went away: {e:?}");
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let permit = stream.check_write().map_err(gone)? as usize;
+            if permit == 0 {
+                stream.subscribe().block();
+                continue;
+            }
+            let n = permit.min(rest.len());
+            stream.write(&rest[..n]).map_err(gone)?;
+            rest = &rest[n..];
         }
-        Ok(())
+        stream.blocking_flush().map_err(gone)
     }
 
     fn finish(mut self, complete: bool) {
