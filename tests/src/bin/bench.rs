@@ -81,6 +81,7 @@ type Measurement = fn() -> LocalBoxFuture<'static, Result<Vec<Figure>>>;
 const MEASUREMENTS: &[(&str, Measurement)] = &[
     ("the paged 1,000-EOB fetch", || Box::pin(paged_fetch())),
     ("the original client's way", || Box::pin(seed_way())),
+    ("the sync into connect", || Box::pin(sync_into_connect())),
     ("the per-request overhead", || Box::pin(overhead())),
     ("the peak RSS of spin-host", || Box::pin(peak_rss())),
     ("the component sizes", || Box::pin(wasm_size())),
@@ -212,6 +213,45 @@ async fn seed_way() -> Result<Vec<Figure>> {
         entries as f64,
         format!("EOBs of {total}: one GET, first page, default _count"),
     )])
+}
+
+/// `sync_1000_resources_per_s`: `POST /bluebutton/sync` of a 1,000-EOB patient (with its Patient and 4
+/// Coverage) into connect-sandbox, batches under the byte budget; connect's 10/s rate limit is off here.
+async fn sync_into_connect() -> Result<Vec<Figure>> {
+    let app = SignedIn::start(0, 1000, &[]).await?;
+    let started = Instant::now();
+    let report: Value = Client::new()
+        .post(format!("{}/bluebutton/sync", app.stack.base_url()))
+        .bearer_auth(testkit::support::ADMIN_KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let types = &report["patients"][0]["types"];
+    let delivered: u64 = ["Patient", "Coverage", "ExplanationOfBenefit"]
+        .iter()
+        .map(|t| types[t]["delivered"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        types["ExplanationOfBenefit"]["delivered"] == 1000,
+        "the sync delivered {} of 1,000 EOBs: {report}",
+        types["ExplanationOfBenefit"]["delivered"]
+    );
+    let records = app.stack.connect.records().len();
+    Ok(vec![
+        figure(
+            "sync_1000_resources_per_s",
+            delivered as f64 / secs,
+            format!("{delivered} resources in {secs:.2} s, {records} POSTs to connect"),
+        ),
+        figure(
+            "sync_1000_batches",
+            records as f64,
+            "Bundles connect stored",
+        ),
+    ])
 }
 
 /// `overhead_p50_ms`, `overhead_p99_ms`: the app's GET /bluebutton/fhir/Patient against the very request
