@@ -232,6 +232,19 @@ impl Stack {
         resp.json().await.expect("JSON")
     }
 
+    /// `GET {app}{path}` with the admin key, as JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base_url()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("the app answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
     pub async fn cms_counters(&self) -> serde_json::Value {
         reqwest::get(format!("{}/_emulator/counters", self.cms.base_url()))

@@ -183,16 +183,7 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
         .collect();
     assert!(queued.len() > 1);
 
-    let listing: Value = admin(
-        &stack,
-        reqwest::Method::GET,
-        "/bluebutton/connect/outbox",
-        Some(ADMIN_KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let listing: Value = stack.admin_get("/bluebutton/connect/outbox").await;
     assert_eq!(listing["count"], queued.len());
     let items = listing["items"].as_array().unwrap();
     assert_eq!(
@@ -236,16 +227,7 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
         .collect();
     assert_eq!(eobs.len(), 200);
     assert_eq!(eobs.iter().collect::<HashSet<_>>().len(), 200);
-    let listing: Value = admin(
-        &stack,
-        reqwest::Method::GET,
-        "/bluebutton/connect/outbox",
-        Some(ADMIN_KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let listing: Value = stack.admin_get("/bluebutton/connect/outbox").await;
     assert_eq!(listing["count"], 0);
 }
 
@@ -311,16 +293,7 @@ async fn refused_resources_are_isolated_and_dead_lettered_while_the_rest_is_deli
         .collect();
     assert_eq!(stored, expected, "every valid EOB, in order, once");
 
-    let letters: Value = admin(
-        &stack,
-        reqwest::Method::GET,
-        "/bluebutton/connect/dead-letters",
-        Some(ADMIN_KEY),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let letters: Value = stack.admin_get("/bluebutton/connect/dead-letters").await;
     let mut ids: Vec<String> = letters["items"]
         .as_array()
         .unwrap()
@@ -554,18 +527,7 @@ async fn connect_over_tls_is_trusted_only_through_client_tls() {
     assert_eq!(status, 202, "{result}");
     assert_eq!(result["delivered"], 0);
     assert!(untrusted.connect.records().is_empty());
-    let outbox: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/bluebutton/connect/outbox",
-            untrusted.base_url()
-        ))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let outbox: Value = untrusted.admin_get("/bluebutton/connect/outbox").await;
     let error = outbox["items"][0]["last_error"].as_str().unwrap();
     assert!(
         error.contains("Tls") || error.contains("TLS") || error.contains("certificate"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use testkit::beneficiary;
-use testkit::support::{Stack, ADMIN_KEY};
+use testkit::support::Stack;
 
 async fn fetch(stack: &Stack, session: &str, query: &str) -> reqwest::Response {
     beneficiary::client()
@@ -85,15 +85,7 @@ async fn a_connect_outage_leaves_the_outbox_holding_exactly_the_failed_batches()
     let resp = fetch(&stack, &session, "?return_cms=false").await;
     assert_eq!(resp.status(), 202);
     let result: Value = resp.json().await.unwrap();
-    let outbox: Value = reqwest::Client::new()
-        .get(format!("{}/bluebutton/connect/outbox", stack.base_url()))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let outbox: Value = stack.admin_get("/bluebutton/connect/outbox").await;
     assert_eq!(outbox["count"], result["queued"].as_array().unwrap().len());
     let queued: u64 = outbox["items"]
         .as_array()
