@@ -49,6 +49,8 @@ struct FakeCms {
     issued: u32,
     fail_next: Vec<u16>,
     revoked: bool,
+    /// Refresh-token grants asked for (granted or not).
+    refreshes: u32,
 }
 
 fn token_json(cms: &mut FakeCms, ttl: i64) -> Value {
@@ -82,6 +84,21 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
         if let Some(status) = cms.fail_next.pop() {
             return respond(status, json!({"detail": "injected"}));
         }
+        if req.uri().path().starts_with("/v2/fhir/") {
+            // A one-entry Patient bundle for the live access token.
+            let auth = req.headers()["authorization"].to_str().unwrap();
+            if cms.revoked || auth != format!("Bearer access-{}", cms.issued) {
+                return respond(
+                    401,
+                    json!({"detail": "Authentication credentials were not provided."}),
+                );
+            }
+            return respond(
+                200,
+                json!({"resourceType": "Bundle", "type": "searchset", "total": 1,
+                       "entry": [{"resource": {"resourceType": "Patient", "id": "-20140000010000"}}]}),
+            );
+        }
         let expected = format!("Basic {}", STANDARD.encode("client123:secret456"));
         let auth = req
             .headers()
@@ -107,6 +124,7 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
                 respond(200, body)
             }
             ("/v2/o/token/", Some("refresh_token")) => {
+                cms.refreshes += 1;
                 let token = &f["refresh_token"];
                 if cms.revoked || !cms.live_refresh.contains(token) {
                     return respond(400, json!({"error": "invalid_grant"}));
@@ -283,8 +301,6 @@ fn tokens_are_refreshed_early_and_rotation_is_persisted() {
     let session = login(&p, &cms);
     // Past the refresh margin: the next call refreshes first.
     p.advance(Duration::from_secs(3600 - 30));
-    let refreshes = Rc::new(RefCell::new(0));
-    install_cms_with_fhir(&p, cms.clone(), refreshes.clone());
     let resp = fhir(&p, &session);
     assert_eq!(
         resp.status(),
@@ -292,48 +308,11 @@ fn tokens_are_refreshed_early_and_rotation_is_persisted() {
         "{}",
         String::from_utf8_lossy(resp.body())
     );
-    assert_eq!(*refreshes.borrow(), 1);
+    assert_eq!(cms.borrow().refreshes, 1);
     // The rotated token set was stored: a later request uses access-2 without refreshing again.
     let resp = fhir(&p, &session);
     assert_eq!(resp.status(), 200);
-    assert_eq!(*refreshes.borrow(), 1);
-}
-
-/// One handler for token and FHIR routes, counting refreshes.
-fn install_cms_with_fhir(p: &FakePlatform, cms: Rc<RefCell<FakeCms>>, refreshes: Rc<RefCell<u32>>) {
-    p.on_send(move |req| {
-        let mut c = cms.borrow_mut();
-        if req.uri().path().starts_with("/v2/fhir/") {
-            let auth = req.headers()["authorization"].to_str().unwrap();
-            if c.revoked || auth != format!("Bearer access-{}", c.issued) {
-                return respond(401, json!({"detail": "Authentication credentials were not provided."}));
-            }
-            return respond(
-                200,
-                json!({"resourceType": "Bundle", "type": "searchset", "total": 1,
-                       "entry": [{"resource": {"resourceType": "Patient", "id": "-20140000010000"}}]}),
-            );
-        }
-        let f = form(req);
-        match req.uri().path() {
-            "/v2/o/token/" if f["grant_type"] == "refresh_token" => {
-                *refreshes.borrow_mut() += 1;
-                let token = &f["refresh_token"];
-                if c.revoked || !c.live_refresh.contains(token) {
-                    return respond(400, json!({"error": "invalid_grant"}));
-                }
-                c.live_refresh.retain(|t| t != token);
-                let body = token_json(&mut c, 3600);
-                respond(200, body)
-            }
-            "/v2/o/revoke/" => {
-                c.revoked = true;
-                c.live_refresh.clear();
-                respond(200, json!({}))
-            }
-            _ => respond(404, json!({})),
-        }
-    });
+    assert_eq!(cms.borrow().refreshes, 1);
 }
 
 #[test]
@@ -342,8 +321,6 @@ fn a_concurrent_refresh_that_lost_the_race_uses_the_winners_tokens() {
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     p.advance(Duration::from_secs(3600 - 30));
-    let refreshes = Rc::new(RefCell::new(0));
-    install_cms_with_fhir(&p, cms.clone(), refreshes.clone());
 
     let key = shared::crypto::TokenKey::parse(KEY).unwrap();
     let ctx = shared::tokens::TokenContext::load(&p).unwrap();
@@ -358,7 +335,7 @@ fn a_concurrent_refresh_that_lost_the_race_uses_the_winners_tokens() {
         "the loser re-read the store instead of failing"
     );
     assert_eq!(
-        *refreshes.borrow(),
+        cms.borrow().refreshes,
         2,
         "the loser's refresh was refused by CMS"
     );
@@ -371,7 +348,6 @@ fn revoke_ends_the_session_and_a_dead_grant_asks_to_authorize_again() {
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     let other = login(&p, &cms);
-    install_cms_with_fhir(&p, cms.clone(), Rc::default());
     let delete = http::Request::delete("/bluebutton/session")
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
@@ -395,7 +371,6 @@ fn another_patients_id_is_forbidden() {
     let p = platform();
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
-    install_cms_with_fhir(&p, cms, Rc::default());
     let req = http::Request::get("/bluebutton/fhir/Patient?push=false&patient=-19990000000001")
         .header("spin-path-info", "/Patient")
         .header("Authorization", format!("Bearer {session}"))

@@ -48,8 +48,16 @@ pub(crate) enum Fault {
     Body(BodyFault),
 }
 
+/// What a client sees for an injected fault.
+pub(crate) fn injected(fault: Fault, retry_after: u64, ct: &str) -> Response {
+    match fault {
+        Fault::Status(status) => fault_response(status, retry_after, ct),
+        Fault::Body(body) => body_fault_response(body),
+    }
+}
+
 /// The response for a broken-body fault.
-pub(crate) fn body_fault_response(fault: BodyFault) -> Response {
+fn body_fault_response(fault: BodyFault) -> Response {
     let body = match fault {
         BodyFault::Truncated => Body::from(
             r#"{"resourceType":"Bundle","type":"searchset","total":1000,"entry":[{"resource":{"resourceType":"ExplanationOfBenefit","id":"pde--1","#,

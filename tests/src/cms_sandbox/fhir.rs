@@ -1,7 +1,7 @@
 //! FHIR side of the emulator: `metadata`, and Patient / Coverage / ExplanationOfBenefit search and read
 //! with BB2's parameter rules, BFD's offset paging links, DRF error bodies and rate-limit headers.
 
-use super::control::{apply_rate, body_fault_response, fault_response, Fault, RateInfo};
+use super::control::{apply_rate, fault_response, injected, RateInfo};
 use super::data::{format_instant_ms, parse_fhir_date, Eob, Resource, EOB_TYPES, EOB_TYPE_SYSTEM};
 use super::oauth::{
     scope_allows, AccessTok, TokenCheck, GRANT_EXPIRED, NOT_AUTHENTICATED, PERMISSION_DENIED,
@@ -393,10 +393,8 @@ fn search_inner(
             c.retry_after_secs,
         )
     });
-    match fault {
-        Some(Fault::Status(status)) => return fault_response(status, retry_after, ct),
-        Some(Fault::Body(body)) => return body_fault_response(body),
-        None => {}
+    if let Some(fault) = fault {
+        return injected(fault, retry_after, ct);
     }
     let patient = ctx.tok.user.patient_id;
     // BB2's checks on the patient named in the query (after the upstream call, as SearchCrosswalkPermission).
@@ -591,10 +589,8 @@ fn read_inner(st: &AppState, kind: Kind, ctx: &Ctx, id: &str) -> Response {
     }
     let (fault, retry_after) =
         st.with_ctl(|c| (c.take_fault(kind.name(), None), c.retry_after_secs));
-    match fault {
-        Some(Fault::Status(status)) => return fault_response(status, retry_after, ct),
-        Some(Fault::Body(body)) => return body_fault_response(body),
-        None => {}
+    if let Some(fault) = fault {
+        return injected(fault, retry_after, ct);
     }
     let store = st.read_store();
     // Another patient's resource is a 404 too, so its existence does not leak.
