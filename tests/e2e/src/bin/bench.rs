@@ -1,0 +1,580 @@
+//! `bench`: the figures behind the app's performance claims, all measured in one run against
+//! `cms-sandbox` (no arguments; a minute or two on two cores). It prints one line per figure, then one
+//! JSON object with every figure as its last line.
+//!
+//! Build it with `cargo build -p tests --bins` (the peak-RSS figure runs the `spin-host` binary that sits
+//! beside this one), then run `./target/debug/bench`.
+//!
+//! Each measurement is an entry of [`MEASUREMENTS`] contributing its own keys; add a figure by adding an
+//! entry.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use cms_sandbox::{CmsSandbox, Options};
+use e2e::beneficiary::sign_in;
+use e2e::{
+    build_wasm, free_port, spawn_until_listening, token_key, workspace_root, Stack, CLIENT_ID,
+    CLIENT_SECRET,
+};
+use futures::future::LocalBoxFuture;
+use reqwest::Client;
+use serde_json::Value;
+
+/// The beneficiary whose EOB list the emulator grows to `eob_count`.
+const USER: &str = "BBUser29999";
+/// The emulator's delay per FHIR and token response for the paging figures.
+const LATENCY_MS: u64 = 50;
+const PAGE_SIZE: usize = 50;
+const CONCURRENCY: usize = 4;
+/// Timed runs of each 1,000-EOB fetch (after one warm-up); the median is reported.
+const FETCH_RUNS: Sampling = Sampling {
+    max: 5,
+    budget: Duration::from_secs(30),
+};
+/// Requests (per side) for the overhead and instantiation figures.
+const REQUESTS: Sampling = Sampling {
+    max: 200,
+    budget: Duration::from_secs(30),
+};
+/// The app also delivers what it fetches to connect unless told not to; these figures are about the
+/// fetch from CMS (what the floor and the direct call compare with), so every fetch here skips that.
+const NO_PUSH: &str = "push=false";
+/// Untimed requests first, so connection set-up and first-use costs stay out of the figures.
+const WARM_UP: usize = 3;
+
+/// How many samples a timing takes: `max`, unless `budget` runs out first (then at least one), so
+/// that even a pathologically slow build finishes the whole run within five minutes. Notes report the
+/// count actually taken.
+struct Sampling {
+    max: usize,
+    budget: Duration,
+}
+
+impl Sampling {
+    fn wants_more(&self, started: Instant, taken: usize) -> bool {
+        taken == 0 || (taken < self.max && started.elapsed() < self.budget)
+    }
+}
+
+/// One reported figure: its JSON key, its value, and what a person needs to read it.
+struct Figure {
+    key: &'static str,
+    value: f64,
+    note: String,
+}
+
+fn figure(key: &'static str, value: f64, note: impl Into<String>) -> Figure {
+    Figure {
+        key,
+        value,
+        note: note.into(),
+    }
+}
+
+type Measurement = fn() -> LocalBoxFuture<'static, Result<Vec<Figure>>>;
+
+/// Every measurement, in the order they run.
+const MEASUREMENTS: &[(&str, Measurement)] = &[
+    ("the paged 1,000-EOB fetch", || Box::pin(paged_fetch())),
+    ("the original client's way", || Box::pin(seed_way())),
+    ("the sync into connect", || Box::pin(sync_into_connect())),
+    ("the per-request overhead", || Box::pin(overhead())),
+    ("the peak RSS of spin-host", || Box::pin(peak_rss())),
+    ("the component sizes", || Box::pin(wasm_size())),
+    ("the instantiation cost", || Box::pin(instantiation())),
+];
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run().await {
+        eprintln!("bench: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<()> {
+    build_wasm();
+    // The in-process host is this crate's code, and wasmtime's generic code that moves bodies in and out
+    // of the guest is monomorphised here too: in cargo's dev profile that per-byte work is unoptimised,
+    // which shows in every timing, so say which build made the figures.
+    let profile = if cfg!(debug_assertions) {
+        "unoptimised (dev profile)"
+    } else {
+        "optimised"
+    };
+    println!(
+        "bench: {profile} build of the host; cms-sandbox in-process, spin-host children for RSS"
+    );
+    let mut json = serde_json::Map::new();
+    for (name, measure) in MEASUREMENTS {
+        let figures = measure()
+            .await
+            .with_context(|| format!("measuring {name}"))?;
+        for f in figures {
+            let number = json_number(f.value)
+                .with_context(|| format!("{} is not a finite number", f.key))?;
+            println!("{:<26} {:>12}  {}", f.key, number.to_string(), f.note);
+            json.insert(f.key.to_string(), Value::Number(number));
+        }
+    }
+    println!("{}", Value::Object(json));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Measurements.
+
+/// `fetch_1000_ms` (concurrency 4), `sequential_1000_ms` (concurrency 1, the SDKs' way), the floor the
+/// latency allows, and the two ratios.
+async fn paged_fetch() -> Result<Vec<Figure>> {
+    let eobs = 1000;
+    let concurrent = median_fetch(eobs, CONCURRENCY).await?;
+    let sequential = median_fetch(eobs, 1).await?;
+    let pages = concurrent.pages;
+    ensure!(
+        pages == eobs.div_ceil(PAGE_SIZE) && sequential.pages == pages,
+        "expected {} pages, the app fetched {pages} and {}",
+        eobs.div_ceil(PAGE_SIZE),
+        sequential.pages
+    );
+    // The app only learns `total` from page 1, so page 1 is one latency on its own; the other pages then
+    // go out `concurrency` at a time: (1 + ceil((pages - 1) / concurrency)) round trips.
+    let floor_ms = (1 + (pages - 1).div_ceil(CONCURRENCY)) as f64 * LATENCY_MS as f64;
+    let setup = format!("page_size={PAGE_SIZE}, {pages} pages, latency {LATENCY_MS} ms");
+    Ok(vec![
+        figure(
+            "fetch_1000_ms",
+            concurrent.ms,
+            format!(
+                "ms, fetch_concurrency={CONCURRENCY}, {setup}, median of {}",
+                concurrent.runs
+            ),
+        ),
+        figure(
+            "sequential_1000_ms",
+            sequential.ms,
+            format!(
+                "ms, fetch_concurrency=1, {setup}, median of {}",
+                sequential.runs
+            ),
+        ),
+        figure(
+            "floor_1000_ms",
+            floor_ms,
+            format!("ms, (1 + ceil(({pages}-1)/{CONCURRENCY})) x {LATENCY_MS} ms"),
+        ),
+        figure(
+            "fetch_1000_vs_sequential",
+            sequential.ms / concurrent.ms,
+            "x faster than sequential (target >= 3)",
+        ),
+        figure(
+            "fetch_1000_vs_floor",
+            concurrent.ms / floor_ms,
+            "x the floor (target <= 1.3)",
+        ),
+    ])
+}
+
+/// `seed_way_entries`: what the original Python client got of the same 1,000 EOBs: one search with the
+/// access token straight at CMS, first page only, CMS's default `_count`.
+async fn seed_way() -> Result<Vec<Figure>> {
+    let cms = CmsSandbox::start(
+        loopback(0),
+        Options {
+            eob_count: Some(1000),
+            ..cms_options(String::new())
+        },
+    )
+    .await?;
+    let token = cms.issue_tokens(USER, None)?;
+    let (access_token, patient) = token_and_patient(&token)?;
+    let bundle: Value = Client::new()
+        .get(format!(
+            "{}/v2/fhir/ExplanationOfBenefit?patient={patient}",
+            cms.base_url()
+        ))
+        .bearer_auth(access_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let entries = bundle["entry"].as_array().map_or(0, Vec::len);
+    let total = bundle["total"]
+        .as_u64()
+        .context("the search has no total")?;
+    Ok(vec![figure(
+        "seed_way_entries",
+        entries as f64,
+        format!("EOBs of {total}: one GET, first page, default _count"),
+    )])
+}
+
+/// `sync_1000_resources_per_s`: `POST /bluebutton/sync` of a 1,000-EOB patient (with its Patient and 4
+/// Coverage) into connect-sandbox, batches under the byte budget; connect's 10/s rate limit is off here.
+async fn sync_into_connect() -> Result<Vec<Figure>> {
+    let app = SignedIn::start(0, 1000, &[]).await?;
+    let started = Instant::now();
+    let report: Value = Client::new()
+        .post(format!("{}/bluebutton/sync", app.stack.base_url()))
+        .bearer_auth(e2e::ADMIN_KEY)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    let types = &report["patients"][0]["types"];
+    let delivered: u64 = ["Patient", "Coverage", "ExplanationOfBenefit"]
+        .iter()
+        .map(|t| types[t]["delivered"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(
+        types["ExplanationOfBenefit"]["delivered"] == 1000,
+        "the sync delivered {} of 1,000 EOBs: {report}",
+        types["ExplanationOfBenefit"]["delivered"]
+    );
+    let records = app.stack.connect.records().len();
+    Ok(vec![
+        figure(
+            "sync_1000_resources_per_s",
+            delivered as f64 / secs,
+            format!("{delivered} resources in {secs:.2} s, {records} POSTs to connect"),
+        ),
+        figure(
+            "sync_1000_batches",
+            records as f64,
+            "Bundles connect stored",
+        ),
+    ])
+}
+
+/// `overhead_p50_ms`, `overhead_p99_ms`: the app's GET /bluebutton/fhir/Patient against the very request
+/// it makes upstream, sent straight to the emulator (no added latency).
+async fn overhead() -> Result<Vec<Figure>> {
+    let app = SignedIn::start(0, 0, &[]).await?;
+    let token = app.stack.cms.issue_tokens(USER, None)?;
+    let (access_token, patient) = token_and_patient(&token)?;
+    let app_url = format!("{}/bluebutton/fhir/Patient?{NO_PUSH}", app.stack.base_url());
+    // The same URL the app builds for page 1 (`_id` and its default `_count`).
+    let direct_url = format!(
+        "{}/v2/fhir/Patient/?_id={patient}&_count={PAGE_SIZE}",
+        app.stack.cms.base_url()
+    );
+    let http = Client::new();
+    for _ in 0..WARM_UP {
+        timed_get(&http, &app_url, &app.session, 200).await?;
+        timed_get(&http, &direct_url, access_token, 200).await?;
+    }
+    let mut through_app = Vec::new();
+    let mut direct = Vec::new();
+    // Interleaved, so a busy moment on this shared machine lands on both sides alike.
+    let started = Instant::now();
+    while REQUESTS.wants_more(started, through_app.len()) {
+        through_app.push(timed_get(&http, &app_url, &app.session, 200).await?);
+        direct.push(timed_get(&http, &direct_url, access_token, 200).await?);
+    }
+    let n = through_app.len();
+    let p = |samples: &mut Vec<f64>, q| percentile(samples, q);
+    let note =
+        |q: f64, a: f64, d: f64| format!("ms, p{q} of {n}: app {a:.3} ms - direct {d:.3} ms");
+    let (a50, d50) = (p(&mut through_app, 50.0), p(&mut direct, 50.0));
+    let (a99, d99) = (p(&mut through_app, 99.0), p(&mut direct, 99.0));
+    Ok(vec![
+        figure("overhead_p50_ms", a50 - d50, note(50.0, a50, d50)),
+        figure("overhead_p99_ms", a99 - d99, note(99.0, a99, d99)),
+    ])
+}
+
+/// `peak_rss_mb_5000`, `peak_rss_mb_500` and their ratio: a fresh `spin-host` child per size, one fetch.
+async fn peak_rss() -> Result<Vec<Figure>> {
+    let big = child_peak_rss_mb(5000).await?;
+    let small = child_peak_rss_mb(500).await?;
+    Ok(vec![
+        figure(
+            "peak_rss_mb_5000",
+            big,
+            "MB VmHWM of a fresh spin-host after fetching 5,000 EOBs",
+        ),
+        figure(
+            "peak_rss_mb_500",
+            small,
+            "MB VmHWM of a fresh spin-host after fetching 500 EOBs",
+        ),
+        figure("peak_rss_mb_5000_vs_500", big / small, "x (10x the data)"),
+    ])
+}
+
+/// `wasm_bytes_max`: the largest of the app's four components.
+async fn wasm_size() -> Result<Vec<Figure>> {
+    let dir = workspace_root().join("target/wasm32-wasip2/release");
+    let mut largest = (0, "");
+    for name in ["authorize", "callback", "fhir_fetch", "connect_push"] {
+        let path = dir.join(format!("{name}.wasm"));
+        let bytes = std::fs::metadata(&path)
+            .with_context(|| format!("no {}", path.display()))?
+            .len();
+        largest = largest.max((bytes, name));
+    }
+    Ok(vec![figure(
+        "wasm_bytes_max",
+        largest.0 as f64,
+        format!("bytes, {}.wasm", largest.1),
+    )])
+}
+
+/// `instantiate_ms`: the mean wall time of a request to a component that does next to nothing
+/// (`/bluebutton/connect/outbox` with the admin routes disabled answers 404 without touching the store).
+/// It includes the loopback HTTP round trip, routing, a fresh wasmtime store and instance (as Spin
+/// makes per request) and the guest's few microseconds of work.
+async fn instantiation() -> Result<Vec<Figure>> {
+    let stack = Stack::start(|_| {}, &["admin_api_key=".to_string()]).await?;
+    let url = format!("{}/bluebutton/connect/outbox", stack.base_url());
+    let http = Client::new();
+    for _ in 0..WARM_UP {
+        timed_get(&http, &url, "", 404).await?;
+    }
+    let before = stack.host.app.instantiations();
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while REQUESTS.wants_more(started, times.len()) {
+        times.push(timed_get(&http, &url, "", 404).await?);
+    }
+    let (n, instances) = (times.len(), stack.host.app.instantiations() - before);
+    ensure!(
+        instances == n as u64,
+        "{n} requests made {instances} instances, not one each"
+    );
+    Ok(vec![figure(
+        "instantiate_ms",
+        times.iter().sum::<f64>() / n as f64,
+        format!("ms mean of {n} requests, one fresh instance each (round trip included)"),
+    )])
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers.
+
+/// The in-process app on a CMS emulator, with a signed-in beneficiary.
+struct SignedIn {
+    stack: Stack,
+    session: String,
+}
+
+impl SignedIn {
+    async fn start(latency_ms: u64, eobs: usize, extra: &[String]) -> Result<SignedIn> {
+        let stack = Stack::start(
+            |o| {
+                o.latency_ms = latency_ms;
+                o.eob_count = (eobs > 0).then_some(eobs);
+            },
+            extra,
+        )
+        .await?;
+        let session = session_of(&stack.base_url()).await?;
+        Ok(SignedIn { stack, session })
+    }
+}
+
+async fn session_of(app_base: &str) -> Result<String> {
+    let signed_in = sign_in(app_base, USER).await?;
+    Ok(signed_in["session"]
+        .as_str()
+        .context("the callback gave no session")?
+        .to_string())
+}
+
+struct Fetched {
+    ms: f64,
+    /// `x-pages-fetched` (a streamed answer may not know it up front).
+    pages: Option<usize>,
+}
+
+/// The median of a few fetches.
+struct MedianFetch {
+    ms: f64,
+    pages: usize,
+    runs: usize,
+}
+
+/// The median of [`FETCH_RUNS`] fetches of `eobs` EOBs at `concurrency`, after a warm-up.
+async fn median_fetch(eobs: usize, concurrency: usize) -> Result<MedianFetch> {
+    let app = SignedIn::start(
+        LATENCY_MS,
+        eobs,
+        &[
+            format!("fetch_concurrency={concurrency}"),
+            format!("page_size={PAGE_SIZE}"),
+        ],
+    )
+    .await?;
+    let http = Client::new();
+    let base = app.stack.base_url();
+    fetch_eobs(&http, &base, &app.session, eobs).await?;
+    let mut times = Vec::new();
+    let mut pages = 0;
+    let started = Instant::now();
+    while FETCH_RUNS.wants_more(started, times.len()) {
+        let run = fetch_eobs(&http, &base, &app.session, eobs).await?;
+        times.push(run.ms);
+        pages = run.pages.context("the answer has no x-pages-fetched")?;
+    }
+    Ok(MedianFetch {
+        runs: times.len(),
+        ms: percentile(&mut times, 50.0),
+        pages,
+    })
+}
+
+/// One GET /bluebutton/fhir/ExplanationOfBenefit, timed to the last byte of the body, then checked: a
+/// benchmark of a wrong answer is worthless.
+async fn fetch_eobs(http: &Client, base: &str, session: &str, eobs: usize) -> Result<Fetched> {
+    let start = Instant::now();
+    let resp = http
+        .get(format!(
+            "{base}/bluebutton/fhir/ExplanationOfBenefit?{NO_PUSH}"
+        ))
+        .bearer_auth(session)
+        .send()
+        .await?;
+    let status = resp.status();
+    let pages = resp
+        .headers()
+        .get("x-pages-fetched")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = resp.bytes().await?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    ensure!(
+        status == 200,
+        "the fetch answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let bundle: Value = serde_json::from_slice(&body)?;
+    let entries = bundle["entry"].as_array().context("no entries")?;
+    let ids: HashSet<&str> = entries
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "ExplanationOfBenefit")
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    ensure!(
+        ids.len() == eobs && entries.len() == eobs && bundle["total"] == eobs,
+        "wrong result: {} distinct EOB ids in {} entries, total {}, expected {eobs}",
+        ids.len(),
+        entries.len(),
+        bundle["total"]
+    );
+    Ok(Fetched { ms, pages })
+}
+
+/// One GET with a bearer token (none if empty), timed to the last byte; fails on another status.
+async fn timed_get(http: &Client, url: &str, bearer: &str, expect: u16) -> Result<f64> {
+    let mut req = http.get(url);
+    if !bearer.is_empty() {
+        req = req.bearer_auth(bearer);
+    }
+    let start = Instant::now();
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    ensure!(
+        status.as_u16() == expect,
+        "GET {url} answered {status}, not {expect}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(ms)
+}
+
+/// Counts and sizes as integers; anything else to three decimals, beyond the noise of these figures.
+fn json_number(value: f64) -> Option<serde_json::Number> {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        return Some((value as i64).into());
+    }
+    serde_json::Number::from_f64((value * 1000.0).round() / 1000.0)
+}
+
+/// Nearest-rank percentile (sorts `samples`).
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let rank = ((q / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn cms_options(redirect_uri: String) -> Options {
+    Options {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        redirect_uri,
+        ..Default::default()
+    }
+}
+
+fn token_and_patient(token: &Value) -> Result<(&str, &str)> {
+    Ok((
+        token["access_token"].as_str().context("no access_token")?,
+        token["patient"].as_str().context("no patient")?,
+    ))
+}
+
+/// Runs `spin-host` as a child on its own emulator, fetches `eobs` EOBs once and reads the child's peak
+/// resident set (`VmHWM`), in MB.
+async fn child_peak_rss_mb(eobs: usize) -> Result<f64> {
+    // The emulator must know the callback URL, so the host's port comes first.
+    let port = free_port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
+    let cms = CmsSandbox::start(
+        loopback(0),
+        Options {
+            eob_count: Some(eobs),
+            ..cms_options(redirect_uri.clone())
+        },
+    )
+    .await?;
+    let binary = std::env::current_exe()?.with_file_name("spin-host");
+    ensure!(
+        binary.exists(),
+        "no {}: build it with `cargo build -p tests --bins`",
+        binary.display()
+    );
+    let manifest: PathBuf = workspace_root().join("spin.toml");
+    let mut args = vec![
+        "up".to_string(),
+        "--from".to_string(),
+        manifest.display().to_string(),
+        "--listen".to_string(),
+        loopback(port).to_string(),
+    ];
+    for variable in [
+        format!("cms_base_url={}", cms.base_url()),
+        format!("cms_client_id={CLIENT_ID}"),
+        format!("cms_client_secret={CLIENT_SECRET}"),
+        format!("redirect_uri={redirect_uri}"),
+        format!("token_key={}", token_key()),
+        format!("fetch_concurrency={CONCURRENCY}"),
+        format!("page_size={PAGE_SIZE}"),
+    ] {
+        args.extend(["--variable".to_string(), variable]);
+    }
+    // Waiting for the child's "Serving" line blocks; keep it off the runtime the emulator runs on.
+    let child =
+        tokio::task::spawn_blocking(move || spawn_until_listening(&binary, &args)).await??;
+    let base = format!("http://{}", child.addr);
+    let session = session_of(&base).await?;
+    fetch_eobs(&Client::new(), &base, &session, eobs).await?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.process.id()))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    Ok(kb / 1024.0)
+}

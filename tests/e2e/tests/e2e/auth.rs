@@ -1,0 +1,188 @@
+//! Authorization end to end: the real components on `spin-host`, CMS played by `cms-sandbox`, the
+//! beneficiary by a plain HTTP client filling in the emulator's forms.
+
+use std::time::Duration;
+
+use cms_sandbox::BBUSER29999_PATIENT;
+use e2e::beneficiary::{self, authorize_at_cms, sign_in, Consent};
+use e2e::{Stack, CLIENT_SECRET};
+use serde_json::Value;
+
+async fn fetch_patient(stack: &Stack, session: &str) -> reqwest::Response {
+    beneficiary::client()
+        .get(format!("{}/bluebutton/fhir/Patient", stack.base_url()))
+        .bearer_auth(session)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn problem(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    (status, body["detail"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_beneficiary_authorizes_and_the_session_reaches_their_data() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let callback = authorize_at_cms(&stack.base_url(), "BBUser29999", Consent::All)
+        .await
+        .unwrap();
+    assert!(callback.as_str().starts_with(&stack.base_url()));
+    let resp = beneficiary::client()
+        .get(callback.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["patient"], BBUSER29999_PATIENT);
+    assert!(body["scope"].as_str().unwrap().contains("patient/Patient"));
+    assert!(body["expires_at"].as_str().unwrap().len() >= 20);
+    let session = body["session"].as_str().unwrap().to_string();
+    assert!(body.get("access_token").is_none() && body.get("refresh_token").is_none());
+
+    let resp = fetch_patient(&stack, &session).await;
+    assert_eq!(resp.status(), 200);
+    let bundle: Value = resp.json().await.unwrap();
+    assert_eq!(bundle["entry"][0]["resource"]["id"], BBUSER29999_PATIENT);
+
+    // The callback cannot be replayed: its state is gone, and CMS is not asked again.
+    let before = stack.cms_counters().await["total"].as_u64().unwrap();
+    let (status, detail) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert!(detail.contains("state"));
+    assert_eq!(
+        stack.cms_counters().await["total"].as_u64().unwrap(),
+        before
+    );
+
+    // At rest: the session only as a hash, the tokens sealed.
+    let dump = stack.store_dump();
+    assert!(!dump.contains(&session));
+    assert!(!dump.contains("access_token") && !dump.contains("refresh_token"));
+    assert!(dump.contains("ciphertext"));
+}
+
+#[tokio::test]
+async fn denied_consent_is_a_403_problem() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let callback = authorize_at_cms(&stack.base_url(), "BBUser29999", Consent::Deny)
+        .await
+        .unwrap();
+    assert!(callback.query().unwrap().contains("error=access_denied"));
+    let (status, detail) = problem(
+        beneficiary::client()
+            .get(callback.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(detail.contains("declined"));
+    // The state was consumed: the same answer again is now an unknown state.
+    let (status, _) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn forged_states_are_refused_before_calling_cms() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    for query in [
+        "code=abc&state=forged-state-that-was-never-issued",
+        "code=abc",
+    ] {
+        let (status, _) = problem(
+            beneficiary::client()
+                .get(format!("{}/bluebutton/callback?{query}", stack.base_url()))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 400, "{query}");
+    }
+    assert_eq!(stack.cms_counters().await["total"], 0);
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_reported_as_cms_refusing_us() {
+    let stack = Stack::start(|_| {}, &[format!("cms_client_secret=not-{CLIENT_SECRET}")])
+        .await
+        .unwrap();
+    let callback = authorize_at_cms(&stack.base_url(), "BBUser29999", Consent::All)
+        .await
+        .unwrap();
+    let (status, detail) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
+    assert_eq!(status, 502);
+    assert!(detail.contains("invalid_client"), "{detail}");
+}
+
+#[tokio::test]
+async fn an_expiring_token_is_refreshed_and_concurrent_refreshes_keep_the_session() {
+    // 62 s tokens: fresh at sign-in, due for refresh (< 60 s left) three seconds later.
+    let stack = Stack::start(|o| o.token_ttl_secs = 62, &[]).await.unwrap();
+    let signed_in = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    let session = signed_in["session"].as_str().unwrap().to_string();
+    assert_eq!(fetch_patient(&stack, &session).await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests = (0..6).map(|_| fetch_patient(&stack, &session));
+    for resp in futures::future::join_all(requests).await {
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    let token_calls = &stack.cms_counters().await["by_path"]["/v2/o/token/"];
+    let refreshes: u64 = token_calls
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum::<u64>()
+        - 1;
+    assert!(refreshes >= 1, "no refresh happened: {token_calls}");
+    // The session still works after the race settled.
+    assert_eq!(fetch_patient(&stack, &session).await.status(), 200);
+}
+
+#[tokio::test]
+async fn ending_a_session_revokes_it_at_cms() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let signed_in = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    let session = signed_in["session"].as_str().unwrap().to_string();
+    let resp = beneficiary::client()
+        .delete(format!("{}/bluebutton/session", stack.base_url()))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        stack.cms_counters().await["by_path"]["/v2/o/revoke/"]["200"]
+            .as_u64()
+            .is_some()
+    );
+    let (status, _) = problem(fetch_patient(&stack, &session).await).await;
+    assert_eq!(status, 401);
+    assert!(!stack.store_dump().contains("session:"));
+}
+
+#[tokio::test]
+async fn a_grant_that_expired_at_cms_asks_the_caller_to_authorize_again() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let signed_in = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    let session = signed_in["session"].as_str().unwrap().to_string();
+    reqwest::Client::new()
+        .post(format!(
+            "{}/_emulator/grants/{BBUSER29999_PATIENT}/expire",
+            stack.cms.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, detail) = problem(fetch_patient(&stack, &session).await).await;
+    assert_eq!(status, 401);
+    assert!(detail.contains("authorize again"), "{detail}");
+}

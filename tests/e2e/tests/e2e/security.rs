@@ -1,0 +1,313 @@
+//! Security: states that are forged, replayed or expired; one patient's session against another;
+//! admin routes; no secret in any log line, response or stored value; outbound calls only where allowed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cms_sandbox::{self, CmsSandbox, BBUSER00001_PATIENT, BBUSER29999_PATIENT};
+use connect_sandbox::{self, ConnectSandbox};
+use e2e::beneficiary::{self, authorize_at_cms, sign_in, Consent};
+use e2e::{
+    build_wasm, free_port, spin_host_binary, token_key, workspace_root, Stack, ADMIN_KEY,
+    CLIENT_ID, CLIENT_SECRET,
+};
+use serde_json::{json, Value};
+
+/// `spin-host` as a separate process whose every output line is kept.
+struct LoggedHost {
+    child: std::process::Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for LoggedHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_logged(port: u16, variables: &[String], kv_file: &std::path::Path) -> LoggedHost {
+    build_wasm();
+    let mut cmd = Command::new(spin_host_binary());
+    cmd.args(["up", "--from"])
+        .arg(workspace_root().join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--kv-file")
+        .arg(kv_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for v in variables {
+        cmd.args(["--variable", v]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log.lock().unwrap().contains("Serving http://") {
+        assert!(Instant::now() < deadline, "spin-host did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    LoggedHost {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        log,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/bluebutton/callback");
+    let cms = CmsSandbox::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        cms_sandbox::Options {
+            client_id: CLIENT_ID.into(),
+            client_secret: CLIENT_SECRET.into(),
+            redirect_uri: redirect.clone(),
+            token_ttl_secs: 62,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let connect = ConnectSandbox::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        connect_sandbox::Options {
+            rate_limit_per_sec: 0,
+            fail_first: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let key = token_key();
+    let dir = std::env::temp_dir().join(format!("security-{}", rand::random::<u64>()));
+    let kv_file = dir.join("kv.db");
+    let host = spawn_logged(
+        port,
+        &[
+            format!("cms_base_url={}", cms.base_url()),
+            format!("connect_url={}", connect.base_url()),
+            format!("cms_client_id={CLIENT_ID}"),
+            format!("cms_client_secret={CLIENT_SECRET}"),
+            format!("redirect_uri={redirect}"),
+            format!("token_key={key}"),
+            format!("admin_api_key={ADMIN_KEY}"),
+        ],
+        &kv_file,
+    );
+
+    // Everything a client sees, kept for the scan.
+    let mut seen = String::new();
+    let signed_in = sign_in(&host.base, "BBUser29999").await.unwrap();
+    let session = signed_in["session"].as_str().unwrap().to_string();
+    seen.push_str(&signed_in.to_string());
+    let http = beneficiary::client();
+    // Past the refresh margin, so refreshed tokens are in play too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for path in [
+        "/bluebutton/fhir/Patient",
+        "/bluebutton/fhir/Coverage",
+        "/bluebutton/fhir/ExplanationOfBenefit?return_cms=false",
+        "/bluebutton/fhir/ExplanationOfBenefit?patient=-19990000000001",
+        "/bluebutton/fhir/Nope",
+        "/bluebutton/healthz",
+        "/bluebutton/callback?state=forged-state-0123456789abcdef&code=x",
+    ] {
+        let resp = http
+            .get(format!("{}{path}", host.base))
+            .bearer_auth(&session)
+            .send()
+            .await
+            .unwrap();
+        seen.push_str(&format!("{:?}", resp.headers()));
+        seen.push_str(&resp.text().await.unwrap());
+    }
+    for (path, key) in [
+        ("/bluebutton/connect/outbox", Some(ADMIN_KEY)),
+        ("/bluebutton/connect/dead-letters", Some(ADMIN_KEY)),
+        ("/bluebutton/connect/outbox", Some("wrong")),
+        ("/bluebutton/connect/outbox", None),
+    ] {
+        let mut req = http.get(format!("{}{path}", host.base));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.unwrap();
+        seen.push_str(&resp.text().await.unwrap());
+    }
+    // Revoking deletes CMS's tokens: note them first.
+    let cms_secrets = cms.secrets_seen();
+    let resp = http
+        .delete(format!("{}/bluebutton/session", host.base))
+        .bearer_auth(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+
+    assert!(
+        cms_secrets.len() >= 4,
+        "tokens, refreshed tokens and the verifier: {}",
+        cms_secrets.len()
+    );
+    let log = host.log.lock().unwrap().clone();
+    let stored = spin_host::kv::KvStore::open("default", Some(&kv_file))
+        .unwrap()
+        .dump()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v)))
+        .collect::<String>();
+    assert!(!stored.is_empty());
+    let mut secrets: Vec<(&str, String)> = cms_secrets
+        .iter()
+        .map(|s| ("a CMS token, code or verifier", s.clone()))
+        .collect();
+    secrets.push(("the client secret", CLIENT_SECRET.into()));
+    secrets.push(("token_key", key.clone()));
+    secrets.push(("the admin key", ADMIN_KEY.into()));
+    for (what, secret) in &secrets {
+        assert!(!log.contains(secret.as_str()), "{what} in the log:\n{log}");
+        assert!(!seen.contains(secret.as_str()), "{what} in a response");
+        assert!(
+            !stored.contains(secret.as_str()),
+            "{what} stored in plain text"
+        );
+    }
+    assert!(!log.contains(&session), "the session in the log");
+    assert!(
+        !stored.contains(&session),
+        "the session stored in plain text"
+    );
+}
+
+#[tokio::test]
+async fn forged_replayed_and_expired_states_never_reach_cms() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let callback = authorize_at_cms(&stack.base_url(), "BBUser29999", Consent::All)
+        .await
+        .unwrap();
+    let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
+    // An expired state: CMS took too long (the record is aged in the store, as 10 minutes would).
+    let store = stack.host.app.kv_store("default").unwrap();
+    let key = format!("state:{}", q["state"]);
+    let mut record: Value = serde_json::from_slice(&store.get(&key).unwrap().unwrap()).unwrap();
+    record["created_at"] = json!(record["created_at"].as_i64().unwrap() - 601);
+    store
+        .set(&key, &serde_json::to_vec(&record).unwrap())
+        .unwrap();
+    let token_calls = || async {
+        let counters = stack.cms_counters().await;
+        counters["by_path"]["/v2/o/token/"].clone()
+    };
+    let before = token_calls().await;
+    for url in [
+        callback.to_string(),
+        callback.to_string(),
+        format!(
+            "{}/bluebutton/callback?code={}&state=forged-but-long-enough-0123456789",
+            stack.base_url(),
+            q["code"]
+        ),
+    ] {
+        let resp = beneficiary::client().get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    }
+    assert_eq!(token_calls().await, before, "CMS was asked anyway");
+}
+
+#[tokio::test]
+async fn one_patients_session_cannot_read_another_patient() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let a = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    let b = sign_in(&stack.base_url(), "BBUser00001").await.unwrap();
+    assert_eq!(b["patient"], BBUSER00001_PATIENT);
+    for resource in ["Patient", "Coverage", "ExplanationOfBenefit"] {
+        for other in [
+            BBUSER00001_PATIENT,
+            &format!("Patient/{BBUSER00001_PATIENT}"),
+        ] {
+            let resp = beneficiary::client()
+                .get(format!(
+                    "{}/bluebutton/fhir/{resource}?patient={other}&push=false",
+                    stack.base_url()
+                ))
+                .bearer_auth(a["session"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 403, "{resource} {other}");
+        }
+    }
+    // And each session's data is its own.
+    let resp = beneficiary::client()
+        .get(format!(
+            "{}/bluebutton/fhir/Patient?push=false",
+            stack.base_url()
+        ))
+        .bearer_auth(a["session"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let bundle: Value = resp.json().await.unwrap();
+    assert_eq!(bundle["entry"][0]["resource"]["id"], BBUSER29999_PATIENT);
+}
+
+#[test]
+fn each_component_may_call_only_what_it_needs() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap())
+            .unwrap();
+    let hosts = |component: &str| -> Vec<String> {
+        manifest["component"][component]
+            .get("allowed_outbound_hosts")
+            .and_then(|h| h.as_array())
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    assert!(hosts("authorize").is_empty());
+    assert!(hosts("docs").is_empty());
+    assert_eq!(hosts("callback"), ["{{ cms_base_url }}"]);
+    assert_eq!(hosts("connect-push"), ["{{ connect_url }}"]);
+    assert_eq!(
+        hosts("fhir-fetch"),
+        ["{{ cms_base_url }}", "{{ connect_url }}"]
+    );
+    for component in manifest["component"].as_table().unwrap().keys() {
+        for host in hosts(component) {
+            assert!(!host.contains('*'), "{component} allows a wildcard: {host}");
+        }
+    }
+    // Secrets are readable only by components that use them.
+    let readers = |variable: &str| -> Vec<String> {
+        manifest["component"]
+            .as_table()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c.get("variables").and_then(|v| v.get(variable)).is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    assert!(!readers("cms_client_secret").contains(&"authorize".to_string()));
+    assert!(!readers("token_key").contains(&"authorize".to_string()));
+    assert!(!readers("token_key").contains(&"connect-push".to_string()));
+}
