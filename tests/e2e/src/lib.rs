@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use anyhow::{ensure, Context, Result};
 
-use spin_host::{serve, App, HostOptions, RunningHost};
+use spin_host::{serve, App, HostOptions, RunningHost, StateDir};
 
 /// The workspace root (where `spin.toml` is).
 pub fn workspace_root() -> PathBuf {
@@ -104,15 +104,16 @@ pub fn token_key() -> String {
 pub async fn start(
     manifest: &Path,
     variables: &[String],
-    kv_file: Option<&Path>,
+    state_dir: Option<&Path>,
 ) -> Result<RunningHost> {
     build_wasm();
     let app = App::load(&HostOptions {
         manifest: manifest.to_path_buf(),
         variables: variables.to_vec(),
-        kv_file: kv_file.map(Path::to_path_buf),
+        state_dir: state_dir.map_or(StateDir::Unset, |d| StateDir::Dir(d.to_path_buf())),
         runtime_config: None,
         env: Some(Default::default()),
+        ..Default::default()
     })?;
     serve(app, SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
@@ -239,9 +240,9 @@ impl Stack {
         let app = App::load(&HostOptions {
             manifest: workspace_root().join("spin.toml"),
             variables,
-            kv_file: None,
             runtime_config: runtime_config.map(Path::to_path_buf),
             env: Some(Default::default()),
+            ..Default::default()
         })?;
         let host = serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
         Ok(Stack { cms, connect, host })

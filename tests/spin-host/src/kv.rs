@@ -1,6 +1,8 @@
 //! Key-value stores kept by the host (never in a component's memory), on SQLite as Spin's `spin` store type:
-//! in memory by default, in a file with `--kv-file` so values survive a restart. The table layout is
-//! Spin's own, so a file written here opens in `spin up` and back.
+//! in memory without a state directory, else in `<state dir>/sqlite_key_value.db` so values survive a
+//! restart. The table, its statements and the journal mode (SQLite's default rollback journal, no WAL)
+//! are Spin 3.6's own, so a file written here opens in `spin up` and back, and another process (a test)
+//! can read and write it while the host runs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,6 +10,16 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
+
+/// Spin's table (spinframework/spin `crates/key-value-spin/src/store.rs`, verified against a file that
+/// `spin up` 3.6.3 wrote).
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
+    store TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+
+    PRIMARY KEY (store, key)
+)";
 
 #[derive(Clone)]
 pub struct KvStore {
@@ -31,12 +43,7 @@ impl KvStore {
                 .with_context(|| format!("cannot open key-value file {}", path.display()))?,
             None => Connection::open_in_memory()?,
         };
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS spin_key_value (
-                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-                 PRIMARY KEY (store, key));",
-        )?;
+        conn.execute_batch(CREATE_TABLE)?;
         Ok(KvStore {
             label: label.to_string(),
             conn: Arc::new(Mutex::new(conn)),

@@ -1,12 +1,14 @@
-//! `spin-host up --from spin.toml --listen 127.0.0.1:3000 [--variable name=value]... [--kv-file PATH]`:
-//! runs the app as `spin up` would, for tests and local use where the Spin CLI is not available.
+//! `spin-host up [--from spin.toml] [--listen 127.0.0.1:3000] [--variable name=value]...
+//! [--runtime-config-file FILE] [--state-dir DIR] [--quiet]`: runs the app as `spin up` would, for tests
+//! and local use where the Spin CLI is not available. Its options are a subset of `spin up`'s, with the
+//! same meanings, so one command line drives either.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use spin_host::{serve, App, HostOptions};
+use spin_host::{serve, App, HostOptions, Output, StateDir};
 
 #[derive(Parser)]
 #[command(
@@ -22,20 +24,26 @@ struct Cli {
 enum Command {
     /// Start the app.
     Up {
-        /// The manifest.
+        /// The manifest, or a folder holding `spin.toml`.
         #[arg(long = "from", short = 'f', default_value = "spin.toml")]
         from: PathBuf,
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
-        /// An application variable, `name=value` (repeatable); overrides SPIN_VARIABLE_<NAME>.
+        /// An application variable, `name=value` or `name=@file` (repeatable); overrides
+        /// SPIN_VARIABLE_<NAME> and `.env` in the current directory.
         #[arg(long = "variable")]
         variables: Vec<String>,
-        /// SQLite file that keeps the `default` key-value store across restarts.
-        #[arg(long)]
-        kv_file: Option<PathBuf>,
-        /// Spin runtime config (key_value_store, client_tls).
+        /// Spin runtime config (key_value_store of type "spin", client_tls, state_dir, log_dir); as in
+        /// Spin, the environment variable RUNTIME_CONFIG_FILE when not given.
         #[arg(long)]
         runtime_config_file: Option<PathBuf>,
+        /// Where the `default` key-value store (sqlite_key_value.db) and component logs (logs/) live;
+        /// default `.spin/` beside the manifest; an empty value keeps the store in memory and no logs.
+        #[arg(long)]
+        state_dir: Option<String>,
+        /// Do not show component output (it still goes to the log files).
+        #[arg(long, short = 'q')]
+        quiet: bool,
     },
 }
 
@@ -52,24 +60,73 @@ async fn run(cli: Cli) -> Result<()> {
         from,
         listen,
         variables,
-        kv_file,
         runtime_config_file,
+        state_dir,
+        quiet,
     } = cli.command;
+    let manifest = if from.is_dir() {
+        from.join("spin.toml")
+    } else {
+        from
+    };
     let app = App::load(&HostOptions {
-        manifest: from,
+        manifest,
         variables,
-        kv_file,
-        runtime_config: runtime_config_file,
+        state_dir: match state_dir {
+            None => StateDir::BesideManifest,
+            Some(dir) if dir.is_empty() => StateDir::Unset,
+            Some(dir) => StateDir::Dir(dir.into()),
+        },
+        runtime_config: runtime_config_file.or_else(|| {
+            std::env::var_os("RUNTIME_CONFIG_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        }),
         env: None,
+        // As Spin 3: `.env` in the current directory.
+        dotenv: Some(PathBuf::from(".env")),
+        output: if quiet {
+            Output::Quiet
+        } else {
+            Output::Inherit
+        },
     })?;
+    // The same start-up lines as `spin up`.
+    if let Some(dir) = &app.state().log_dir {
+        eprintln!("Logging component stdio to \"{}\"", dir.join("").display());
+    }
+    match &app.state().default_store {
+        Some(file) => println!("Storing default key-value data to \"{}\".", file.display()),
+        None => println!("Storing default key-value data to a temporary in-memory store."),
+    }
     let host = serve(app, listen).await?;
+    println!();
     println!("Serving http://{}", host.addr);
     println!("Available Routes:");
     for route in host.app.routes() {
-        println!("  {}: http://{}{}", route.component, host.addr, route.raw);
+        let base = route.base();
+        let wildcard = if route.raw.ends_with("...") {
+            " (wildcard)"
+        } else {
+            ""
+        };
+        println!(
+            "  {}: http://{}{base}{wildcard}",
+            route.component, host.addr
+        );
     }
     use std::io::Write;
     std::io::stdout().flush()?;
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (a test harness, a service manager): stop serving.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -28,6 +28,7 @@ use super::manifest::{Manifest, RouteDecl};
 use super::outbound;
 use super::routes::{Route, RouteMatch, Router};
 use super::runtime_config::RuntimeConfig;
+use super::stdio::{ComponentStdio, Output};
 use super::variables::{VariableSources, Variables};
 
 mod bindings {
@@ -46,12 +47,42 @@ pub struct HostOptions {
     pub manifest: PathBuf,
     /// `name=value` pairs, as `spin up --variable`.
     pub variables: Vec<String>,
-    /// SQLite file for the `default` store; in memory when absent (unless runtime config says otherwise).
-    pub kv_file: Option<PathBuf>,
+    /// `--state-dir`: where the `default` key-value store (`sqlite_key_value.db`) and the component logs
+    /// (`logs/`) live.
+    pub state_dir: StateDir,
     pub runtime_config: Option<PathBuf>,
     /// Extra environment to consult for `SPIN_VARIABLE_*` instead of the process environment.
     pub env: Option<HashMap<String, String>>,
+    /// The dotenv file consulted for `SPIN_VARIABLE_*` after the environment. `spin up` reads `.env` in
+    /// its current directory (not beside the manifest); `None` reads none.
+    pub dotenv: Option<PathBuf>,
+    /// What to do with component output (and, when captured, the host's own error lines).
+    pub output: Output,
 }
+
+/// The state directory, as `spin up --state-dir` takes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum StateDir {
+    /// No state directory (`--state-dir ""`): the `default` store in memory, no log files.
+    #[default]
+    Unset,
+    /// Spin's default for a local app: `.spin/` beside the manifest.
+    BesideManifest,
+    /// This directory (made absolute against the current directory, as Spin does).
+    Dir(PathBuf),
+}
+
+/// Where an app keeps its state, resolved at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct StatePaths {
+    /// The `default` store's SQLite file; `None`: in memory.
+    pub default_store: Option<PathBuf>,
+    /// Where component logs go; `None`: no log files.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// The file name of the `default` store in the state directory (Spin's).
+pub const DEFAULT_STORE_FILE: &str = "sqlite_key_value.db";
 
 /// A loaded app. Cheap to clone; every clone serves the same components and stores.
 #[derive(Clone)]
@@ -66,6 +97,8 @@ struct AppInner {
     stores: KvStores,
     instantiations: AtomicU64,
     name: String,
+    state: StatePaths,
+    output: Output,
 }
 
 struct LoadedComponent {
@@ -80,12 +113,13 @@ struct ComponentConfig {
     variables: HashMap<String, String>,
     stores: KvStores,
     tls: super::runtime_config::ClientTls,
+    output: Output,
 }
 
 impl App {
     pub fn load(options: &HostOptions) -> Result<App> {
         let (manifest, app_dir) = Manifest::load(&options.manifest)?;
-        let mut sources = VariableSources::gather(&options.variables, &app_dir)?;
+        let mut sources = VariableSources::gather(&options.variables, options.dotenv.as_deref())?;
         if let Some(env) = &options.env {
             sources.env = env.clone();
         }
@@ -94,8 +128,13 @@ impl App {
             Some(path) => RuntimeConfig::load(path)?,
             None => RuntimeConfig::default(),
         };
+        let state = state_paths(options, &app_dir, &runtime_config)?;
+        if let Some(dir) = &state.log_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("Failed to create log dir {}", dir.display()))?;
+        }
         let mut stores = KvStores::default();
-        stores.insert(KvStore::open("default", options.kv_file.as_deref())?);
+        stores.insert(KvStore::open("default", state.default_store.as_deref())?);
         for (label, path) in &runtime_config.kv_stores {
             stores.insert(KvStore::open(label, path.as_deref())?);
         }
@@ -138,6 +177,7 @@ impl App {
                 variables: component_variables,
                 stores: stores.clone(),
                 tls: runtime_config.client_tls(id)?,
+                output: options.output.clone(),
             };
             components.insert(
                 id.clone(),
@@ -164,8 +204,15 @@ impl App {
                 stores,
                 instantiations: AtomicU64::new(0),
                 name: manifest.application.name,
+                state,
+                output: options.output.clone(),
             }),
         })
+    }
+
+    /// Where this app keeps its `default` store and component logs.
+    pub fn state(&self) -> &StatePaths {
+        &self.inner.state
     }
 
     pub fn name(&self) -> &str {
@@ -196,20 +243,48 @@ impl App {
         B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
     {
         let path = req.uri().path().to_string();
+        // Spin answers both of these with an empty body.
         let Some(matched) = self.inner.router.route(&path) else {
-            return plain(404, "Not Found");
+            return empty(404);
         };
         match self.inner.dispatch(req, &matched, client).await {
             Ok(resp) => resp,
             Err(err) => {
-                eprintln!(
+                self.inner.output.host_line(&format!(
                     "spin-host: component {} failed: {err:#}",
                     matched.route.component
-                );
-                plain(500, "Internal Server Error")
+                ));
+                empty(500)
             }
         }
     }
+}
+
+/// The state directory and log directory as Spin resolves them: `--state-dir` first, then runtime
+/// config's `state_dir` (empty: unset), then `.spin/` beside the manifest only when asked for; the log
+/// directory is runtime config's `log_dir`, else `<state dir>/logs`.
+fn state_paths(
+    options: &HostOptions,
+    app_dir: &Path,
+    runtime_config: &RuntimeConfig,
+) -> Result<StatePaths> {
+    let absolute = |p: &Path| std::path::absolute(p).context("the current directory");
+    let state_dir = match (&options.state_dir, &runtime_config.state_dir) {
+        (StateDir::Dir(dir), _) => Some(absolute(dir)?),
+        (StateDir::Unset, _) => None,
+        (StateDir::BesideManifest, Some(dir)) if dir.as_os_str().is_empty() => None,
+        (StateDir::BesideManifest, Some(dir)) => Some(absolute(dir)?),
+        (StateDir::BesideManifest, None) => Some(absolute(&app_dir.join(".spin"))?),
+    };
+    let log_dir = match &runtime_config.log_dir {
+        Some(dir) if dir.as_os_str().is_empty() => None,
+        Some(dir) => Some(absolute(dir)?),
+        None => state_dir.as_ref().map(|d| d.join("logs")),
+    };
+    Ok(StatePaths {
+        default_store: state_dir.map(|d| d.join(DEFAULT_STORE_FILE)),
+        log_dir,
+    })
 }
 
 fn engine() -> Result<Engine> {
@@ -227,9 +302,9 @@ fn compile(engine: &Engine, source: &Path) -> Result<Component> {
     Component::new(engine, bytes)
 }
 
-fn plain(status: u16, text: &'static str) -> hyper::Response<HyperOutgoingBody> {
+fn empty(status: u16) -> hyper::Response<HyperOutgoingBody> {
     let mut resp = hyper::Response::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
+        Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed_unsync(),
     );
@@ -252,13 +327,19 @@ impl AppInner {
             .get(&matched.route.component)
             .context("routed to an unknown component")?;
         add_spin_headers(&mut req, matched, client);
+        // As Spin does, per instance: the log files are opened (created) when a component first runs.
+        let stdio = ComponentStdio::open(
+            &component.config.id,
+            self.state.log_dir.as_deref(),
+            &self.output,
+        )?;
         let mut store = Store::new(
             &self.engine,
             Ctx {
                 table: ResourceTable::new(),
                 wasi: WasiCtxBuilder::new()
-                    .inherit_stderr()
-                    .inherit_stdout()
+                    .stdout(stdio.stdout)
+                    .stderr(stdio.stderr)
                     .build(),
                 http: WasiHttpCtx::new(),
                 component: component.config.clone(),
@@ -295,28 +376,22 @@ impl AppInner {
         req: hyper::Request<HyperOutgoingBody>,
         between_bytes_timeout: std::time::Duration,
     ) -> Result<IncomingResponse, ErrorCode> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        // Spin's `spin-full-url` of a chained request is `http://localhost/<path>`: no Host carried over.
+        parts.headers.remove(hyper::header::HOST);
         let body = body.collect().await?.to_bytes();
         let req =
             hyper::Request::from_parts(parts, Full::new(body).map_err(|never| match never {}));
+        // As Spin does, the target is reached on a synthetic `/...` route whatever its triggers say: the
+        // whole path is `spin-path-info`, `spin-component-route` is empty, the client is `0.0.0.0:0`.
         let path = req.uri().path().to_string();
-        let route = self
-            .router
-            .routes()
-            .iter()
-            .find(|r| r.component == target)
-            .cloned()
-            .unwrap_or_else(|| Route::parse("/...", &target).expect("valid route"));
-        let matched = self
-            .router
-            .route(&path)
-            .filter(|m| m.route.component == target);
-        let matched = matched.unwrap_or(RouteMatch {
+        let route = Route::parse("/...", &target).expect("valid route");
+        let matched = RouteMatch {
             route: &route,
-            path_info: path.clone(),
+            path_info: path,
             params: HashMap::new(),
-        });
-        let client: SocketAddr = ([127, 0, 0, 1], 0).into();
+        };
+        let client: SocketAddr = ([0, 0, 0, 0], 0).into();
         let resp = self
             .dispatch(req, &matched, client)
             .await
@@ -404,11 +479,11 @@ impl WasiHttpView for Ctx {
         let port = uri.port_u16();
         let component = &self.component;
         if !component.allowed.allows(&scheme, &host, port) {
-            eprintln!(
+            component.output.host_line(&format!(
                 "spin-host: component {} may not call {scheme}://{host}{}: not in allowed_outbound_hosts",
                 component.id,
                 port.map(|p| format!(":{p}")).unwrap_or_default()
-            );
+            ));
             return Err(ErrorCode::HttpRequestDenied.into());
         }
         if let Some(target) = host.strip_suffix(".spin.internal") {
@@ -497,12 +572,20 @@ impl key_value::HostStore for Ctx {
 
 impl variables::Host for Ctx {
     fn get(&mut self, name: String) -> Result<Result<String, variables::Error>> {
-        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Ok(Err(variables::Error::InvalidName(name)));
+        // Spin's wording, e.g. `"Bad-Name": invalid character 'B'. Variable names may contain only ...`.
+        let invalid = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_'));
+        if let Some(c) = invalid {
+            return Ok(Err(variables::Error::InvalidName(format!(
+                "{name:?}: invalid character {c:?}. Variable names may contain only lower-case \
+                 letters, numbers, and underscores."
+            ))));
+        }
+        if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Ok(Err(variables::Error::InvalidName(format!(
+                "{name:?}: must start with a letter"
+            ))));
         }
         Ok(match self.component.variables.get(&name) {
             Some(value) => Ok(value.clone()),

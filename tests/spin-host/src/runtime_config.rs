@@ -15,6 +15,10 @@ pub struct RuntimeConfig {
     /// label → SQLite file (None: in memory).
     pub kv_stores: Vec<(String, Option<PathBuf>)>,
     client_tls: Vec<ClientTlsEntry>,
+    /// `state_dir = "..."`: used when `--state-dir` is not given (empty: unset), as in Spin.
+    pub state_dir: Option<PathBuf>,
+    /// `log_dir = "..."`: where component logs go instead of `<state dir>/logs` (empty: none).
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +28,8 @@ struct RawConfig {
     key_value_store: BTreeMap<String, RawKvStore>,
     #[serde(default)]
     client_tls: Vec<RawClientTls>,
+    state_dir: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +102,8 @@ impl RuntimeConfig {
         Ok(RuntimeConfig {
             kv_stores,
             client_tls,
+            state_dir: raw.state_dir,
+            log_dir: raw.log_dir,
         })
     }
 

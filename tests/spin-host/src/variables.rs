@@ -1,5 +1,6 @@
 //! Application variables as Spin resolves them: `--variable` first, then `SPIN_VARIABLE_<NAME>` in the
-//! environment, then a `.env` file beside the manifest, then the manifest's `default`.
+//! environment, then a `.env` file (Spin 3 reads `.env` in its current directory, not beside the
+//! manifest, and not in a parent folder), then the manifest's `default`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,21 +25,27 @@ pub struct VariableSources {
 }
 
 impl VariableSources {
-    /// Values from the process environment and from `<app_dir>/.env`, plus explicit `name=value` pairs.
-    pub fn gather(cli: &[String], app_dir: &Path) -> Result<VariableSources> {
+    /// Values from the process environment and from the dotenv file (if given and present), plus explicit
+    /// `name=value` pairs (`name=@file`: the file's text, as `spin up --variable` reads it).
+    pub fn gather(cli: &[String], dotenv: Option<&Path>) -> Result<VariableSources> {
         let cli = cli
             .iter()
             .map(|pair| {
                 let (name, value) = pair
                     .split_once('=')
                     .with_context(|| format!("--variable {pair:?} must be name=value"))?;
-                Ok((name.trim().to_string(), value.to_string()))
+                let value = match value.strip_prefix('@') {
+                    Some(file) => std::fs::read_to_string(file)
+                        .with_context(|| format!("--variable {name}: cannot read {file}"))?,
+                    None => value.to_string(),
+                };
+                Ok((name.trim().to_string(), value))
             })
             .collect::<Result<_>>()?;
         let env = std::env::vars().collect();
-        let dotenv = match std::fs::read_to_string(app_dir.join(".env")) {
-            Ok(text) => parse_dotenv(&text),
-            Err(_) => HashMap::new(),
+        let dotenv = match dotenv.map(std::fs::read_to_string) {
+            Some(Ok(text)) => parse_dotenv(&text),
+            _ => HashMap::new(),
         };
         Ok(VariableSources { cli, env, dotenv })
     }
@@ -89,9 +96,11 @@ impl Variables {
             }
         }
         if !missing.is_empty() {
+            // Spin says `no provider resolved required variable(s): [Key("name"), ...]`.
             bail!(
-                "missing required variable(s): {}; provide each with --variable NAME=VALUE or the \
-                 environment variable SPIN_VARIABLE_<NAME>",
+                "no provider resolved required variable(s): {}; provide each with --variable \
+                 NAME=VALUE, the environment variable SPIN_VARIABLE_<NAME>, or a .env file in the \
+                 current directory",
                 missing.join(", ")
             );
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use spin_host::{serve, App, HostOptions, RunningHost};
+use spin_host::{serve, App, Captured, HostOptions, Output, RunningHost, StateDir};
 
 fn probe_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("probe/probe.toml")
@@ -37,22 +37,28 @@ fn build_probe() {
     });
 }
 
-/// Starts an app from a manifest in this process on a free loopback port. `variables` are `name=value`;
-/// the process environment is not consulted, so tests do not depend on it.
+/// Starts an app from a manifest in this process on a free loopback port, its state in `state_dir` (in
+/// memory without). `variables` are `name=value`; neither the process environment nor any `.env` is
+/// consulted, so tests do not depend on them. Component output and the host's error lines are captured,
+/// not printed.
 async fn start(
     manifest: &Path,
     variables: &[String],
-    kv_file: Option<&Path>,
-) -> anyhow::Result<RunningHost> {
+    state_dir: Option<&Path>,
+) -> anyhow::Result<(RunningHost, Captured)> {
     build_probe();
+    let captured = Captured::default();
     let app = App::load(&HostOptions {
         manifest: manifest.to_path_buf(),
         variables: variables.to_vec(),
-        kv_file: kv_file.map(Path::to_path_buf),
+        state_dir: state_dir.map_or(StateDir::Unset, |d| StateDir::Dir(d.to_path_buf())),
         runtime_config: None,
         env: Some(Default::default()),
+        dotenv: None,
+        output: Output::Capture(captured.clone()),
     })?;
-    serve(app, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    let host = serve(app, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    Ok((host, captured))
 }
 
 fn client() -> reqwest::Client {
@@ -79,7 +85,7 @@ async fn get(url: String) -> (u16, String) {
 #[tokio::test]
 async fn every_request_gets_a_fresh_instance() {
     let up = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, _) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
     let before = host.app.instantiations();
@@ -98,9 +104,8 @@ async fn key_value_persists_across_requests_and_restarts() {
     let up = upstream().await;
     let vars = [format!("upstream=http://{up}")];
     let dir = tempdir();
-    let file = dir.join("kv.db");
     {
-        let host = start(&probe_manifest(), &vars, Some(&file)).await.unwrap();
+        let (host, _) = start(&probe_manifest(), &vars, Some(&dir)).await.unwrap();
         let base = host.base_url();
         assert_eq!(
             get(format!("{base}/probe/kv/set?label=default&key=k&value=v1")).await,
@@ -115,7 +120,7 @@ async fn key_value_persists_across_requests_and_restarts() {
             (404, "absent".into())
         );
     }
-    let host = start(&probe_manifest(), &vars, Some(&file)).await.unwrap();
+    let (host, _) = start(&probe_manifest(), &vars, Some(&dir)).await.unwrap();
     assert_eq!(
         get(format!(
             "{}/probe/kv/get?label=default&key=k",
@@ -123,16 +128,37 @@ async fn key_value_persists_across_requests_and_restarts() {
         ))
         .await,
         (200, "v1".into()),
-        "--kv-file keeps values across restarts"
+        "--state-dir keeps values across restarts"
     );
     let stored = host.app.kv_store("default").unwrap().dump().unwrap();
     assert_eq!(stored, vec![("k".to_string(), b"v1".to_vec())]);
+    // Where Spin keeps them: `<state dir>/sqlite_key_value.db`, Spin's table, no WAL; and the logs of the
+    // components that ran (only those), in `<state dir>/logs/`.
+    let db = rusqlite::Connection::open(dir.join("sqlite_key_value.db")).unwrap();
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    let row: (String, String, Vec<u8>) = db
+        .query_row("SELECT store, key, value FROM spin_key_value", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(row, ("default".into(), "k".into(), b"v1".to_vec()));
+    let mut logs: Vec<String> = std::fs::read_dir(dir.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    logs.sort();
+    assert_eq!(logs, ["probe_stderr.txt", "probe_stdout.txt"]);
+    drop(host);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
 async fn key_value_labels_are_enforced() {
     let up = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, _) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
     let base = host.base_url();
@@ -147,7 +173,7 @@ async fn key_value_labels_are_enforced() {
 async fn outbound_calls_are_limited_to_the_allow_list() {
     let up = upstream().await;
     let other = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, _) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
     let base = host.base_url();
@@ -174,21 +200,37 @@ async fn outbound_calls_are_limited_to_the_allow_list() {
 #[tokio::test]
 async fn local_service_chaining_reaches_a_component_in_a_fresh_instance() {
     let up = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, _) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
+    // As in Spin, the target is reached whatever its routes: the whole path is its path info.
     let (status, body) = get(format!(
-        "{}/probe/fetch?url=http://chained.spin.internal/chained/memory",
+        "{}/probe/fetch?url=http://chained.spin.internal/memory",
         host.base_url()
     ))
     .await;
     assert_eq!((status, body.as_str()), (200, "200 1"));
+    let (status, body) = get(format!(
+        "{}/probe/fetch?url=http://chained.spin.internal/headers",
+        host.base_url()
+    ))
+    .await;
+    assert_eq!(status, 200);
+    for expected in [
+        "spin-path-info=/headers",
+        "spin-matched-route=/...",
+        "spin-component-route=\n",
+        "spin-client-addr=0.0.0.0:0",
+        "spin-full-url=http://localhost/headers",
+    ] {
+        assert!(body.contains(expected), "{expected} missing in\n{body}");
+    }
 }
 
 #[tokio::test]
 async fn variables_are_templated_and_scoped_per_component() {
     let up = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, _) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
     let base = host.base_url();
@@ -202,12 +244,16 @@ async fn variables_are_templated_and_scoped_per_component() {
     let (status, body) = get(format!("{base}/probe/variable?name=Bad-Name")).await;
     assert_eq!(status, 404);
     assert!(body.starts_with("Error::InvalidName"), "{body}");
+    assert!(
+        body.contains("invalid character 'B'"),
+        "Spin's wording: {body}"
+    );
 }
 
 #[tokio::test]
 async fn spin_headers_and_routing() {
     let up = upstream().await;
-    let host = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
+    let (host, captured) = start(&probe_manifest(), &[format!("upstream=http://{up}")], None)
         .await
         .unwrap();
     let base = host.base_url();
@@ -225,10 +271,173 @@ async fn spin_headers_and_routing() {
         );
     }
     assert!(headers.contains("spin-client-addr=127.0.0.1:"));
-    assert_eq!(get(format!("{base}/nowhere")).await.0, 404);
-    // A trapping component is a 500, and the host keeps serving.
-    assert_eq!(get(format!("{base}/probe/panic")).await.0, 500);
+    // No route: Spin's empty 404.
+    assert_eq!(get(format!("{base}/nowhere")).await, (404, String::new()));
+    // A trapping component is Spin's empty 500, and the host keeps serving.
+    assert_eq!(
+        get(format!("{base}/probe/panic")).await,
+        (500, String::new())
+    );
     assert_eq!(get(format!("{base}/probe/memory")).await.0, 200);
+    // What the component printed, and the host's line about it, were captured rather than printed.
+    let output = captured.text();
+    assert!(
+        output.contains("the probe was asked to trap"),
+        "the guest's panic message: {output}"
+    );
+    assert!(
+        output.contains("spin-host: component probe failed"),
+        "{output}"
+    );
+}
+
+/// The `spin-host` binary, run from `cwd` with `args` after `up`, as a child that is killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    /// What it printed on stdout up to its `Serving` line.
+    startup: Vec<String>,
+    base: String,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary and waits (at most a minute) for its `Serving http://…` line; `Err` with its stderr
+/// if it exits first.
+fn run_binary(cwd: &Path, args: &[String]) -> Result<Binary, String> {
+    use std::io::{BufRead, BufReader, Read};
+    build_probe();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spin-host"))
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("up")
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, stdout) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut startup = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match stdout.recv_timeout(left) {
+            Ok(line) if line.starts_with("Serving http://") => break,
+            Ok(line) => startup.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return Err(err);
+            }
+        }
+    }
+    Ok(Binary {
+        child,
+        startup,
+        base: format!("http://127.0.0.1:{port}"),
+    })
+}
+
+/// Spin 3.6.3 reads `.env` from its current directory only, and keeps state in `.spin/` beside the
+/// manifest unless told otherwise (`--state-dir DIR`, or `--state-dir ""` for memory): so does the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_dotenv_from_its_current_directory_and_keeps_state_as_spin_does() {
+    let root = tempdir();
+    let (app, cwd, elsewhere) = (root.join("app"), root.join("cwd"), root.join("elsewhere"));
+    for dir in [&app, &cwd, &elsewhere] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // The probe's manifest beside a `.env` that must not be read, its sources made absolute.
+    let wasm =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm32-wasip2/release/probe.wasm");
+    let manifest = std::fs::read_to_string(probe_manifest()).unwrap().replace(
+        "../../../target/wasm32-wasip2/release/probe.wasm",
+        &wasm.display().to_string(),
+    );
+    std::fs::write(app.join("spin.toml"), manifest).unwrap();
+    std::fs::write(
+        app.join(".env"),
+        "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=beside the manifest\n",
+    )
+    .unwrap();
+    std::fs::write(cwd.join(".env"), "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=from the current directory\n").unwrap();
+    let from = |m: &Path| vec!["--from".to_string(), m.display().to_string()];
+
+    // From a folder without `.env`: the one beside the manifest is not read, `upstream` is missing.
+    let err = run_binary(&elsewhere, &from(&app.join("spin.toml")))
+        .err()
+        .expect("no start-up");
+    assert!(err.contains("required variable(s): upstream"), "{err}");
+
+    // From the folder with `.env`; no --state-dir: `.spin/` beside the manifest.
+    let host = run_binary(&cwd, &from(&app.join("spin.toml"))).unwrap();
+    let store = app.join(".spin/sqlite_key_value.db");
+    assert!(
+        host.startup.contains(&format!(
+            "Storing default key-value data to \"{}\".",
+            store.display()
+        )),
+        "{:?}",
+        host.startup
+    );
+    assert_eq!(
+        get(format!("{}/probe/variable?name=greeting", host.base)).await,
+        (200, "from the current directory, world".into())
+    );
+    assert_eq!(
+        get(format!(
+            "{}/probe/kv/set?label=default&key=k&value=v",
+            host.base
+        ))
+        .await,
+        (200, "stored".into())
+    );
+    drop(host);
+    assert!(app.join(".spin/sqlite_key_value.db").is_file());
+    assert!(app.join(".spin/logs/probe_stderr.txt").is_file());
+
+    // `--state-dir ""`: in memory, said so at start-up, nothing written.
+    let mut args = from(&app);
+    args.extend(["--state-dir".to_string(), String::new()]);
+    std::fs::remove_dir_all(app.join(".spin")).unwrap();
+    let host = run_binary(&cwd, &args).unwrap();
+    assert_eq!(
+        get(format!("{}/probe/kv/get?label=default&key=k", host.base)).await,
+        (404, "absent".into())
+    );
+    assert!(
+        host.startup
+            .iter()
+            .any(|l| l == "Storing default key-value data to a temporary in-memory store."),
+        "{:?}",
+        host.startup
+    );
+    drop(host);
+    assert!(!app.join(".spin").exists());
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 fn tempdir() -> PathBuf {

@@ -37,8 +37,8 @@ fn spawn_logged(port: u16, variables: &[String], kv_file: &std::path::Path) -> L
     cmd.args(["up", "--from"])
         .arg(workspace_root().join("spin.toml"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--kv-file")
-        .arg(kv_file)
+        .arg("--state-dir")
+        .arg(kv_file.parent().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for v in variables {
@@ -99,7 +99,7 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
     .unwrap();
     let key = token_key();
     let dir = std::env::temp_dir().join(format!("security-{}", rand::random::<u64>()));
-    let kv_file = dir.join("kv.db");
+    let kv_file = dir.join("sqlite_key_value.db");
     let host = spawn_logged(
         port,
         &[
