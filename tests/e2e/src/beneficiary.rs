@@ -17,9 +17,13 @@ pub enum Consent {
     Deny,
 }
 
+/// Requests give up after this long: a hung app fails a test instead of stalling the suite.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
 pub fn client() -> Client {
     Client::builder()
         .redirect(Policy::none())
+        .timeout(REQUEST_TIMEOUT)
         .build()
         .expect("client")
 }

@@ -1,16 +1,23 @@
-//! Helpers for the end-to-end tests and the benchmark: build the `.wasm` once, start the app in-process or
-//! as the `spin-host` binary, and make keys.
+//! Support for the end-to-end suite and the bench: the app under test as a child process on `spin-host`
+//! or the real Spin CLI ([`host`]), wired to in-process emulators of CMS and LinuxForHealth connect
+//! ([`Stack`]); a beneficiary's sign-in ([`beneficiary`]); the builds they need, done once per process
+//! with cargo's output shown only when one fails.
+//!
+//! Quiet by default, loud on failure: what the app printed is kept in a temp folder and shown when the
+//! test panics; nothing is left behind (temp folders are removed on drop).
 
 pub mod beneficiary;
+pub mod host;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 
-use spin_host::{serve, App, HostOptions, RunningHost, StateDir};
+pub use host::{on_real_spin, AppHost, AppOptions, HostBinary, StartFailure};
 
 /// The workspace root (where `spin.toml` is).
 pub fn workspace_root() -> PathBuf {
@@ -21,15 +28,41 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the app's components and the probe for `wasm32-wasip2`, once per test process (cargo's own lock
-/// serialises concurrent test binaries; an up-to-date build takes a fraction of a second).
+static SHOW_BUILDS: AtomicBool = AtomicBool::new(false);
+
+/// Lets cargo's progress through to the terminal (the bench, run by hand); tests keep it captured.
+pub fn show_build_progress() {
+    SHOW_BUILDS.store(true, Ordering::Relaxed);
+}
+
+/// Runs `cargo <args>` in the workspace; its output is shown only if it fails (or if
+/// [`show_build_progress`] was called).
+fn cargo(args: &[&str], what: &str) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args(args);
+    if SHOW_BUILDS.load(Ordering::Relaxed) {
+        eprintln!("building {what}: cargo {}", args.join(" "));
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building {what} failed");
+    } else {
+        let out = cmd.output().expect("cargo runs");
+        assert!(
+            out.status.success(),
+            "building {what} failed (cargo {}):\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Builds the app's components for `wasm32-wasip2` (release), once per process; cargo's own lock
+/// serialises concurrent builds, and an up-to-date build takes a fraction of a second.
 pub fn build_wasm() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
+        cargo(
+            &[
                 "build",
                 "--target",
                 "wasm32-wasip2",
@@ -44,10 +77,9 @@ pub fn build_wasm() {
                 "connect-push",
                 "-p",
                 "docs",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the components failed");
+            ],
+            "the components",
+        );
     });
 }
 
@@ -62,27 +94,20 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-/// Builds the binaries of `packages` (e.g. `spin-host`) into [`bin_dir`], once per process per set;
-/// cargo's output is shown only if the build fails.
+/// Builds the binaries of `packages` (e.g. `spin-host`) into [`bin_dir`], once per process per set.
 pub fn build_bins(packages: &[&str]) {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     let key = packages.join(" ");
     if built.contains(&key) {
         return;
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).arg("build");
+    let mut args = vec!["build"];
     for package in packages {
-        cmd.args(["-p", package]);
+        args.extend(["-p", package]);
     }
-    let out = cmd.arg("--bins").output().expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "building {key} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    args.push("--bins");
+    cargo(&args, &key);
     built.push(key);
 }
 
@@ -99,71 +124,6 @@ pub fn token_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Starts an app from a manifest in this process on a free loopback port. `variables` are `name=value`;
-/// the process environment is not consulted, so tests do not depend on it.
-pub async fn start(
-    manifest: &Path,
-    variables: &[String],
-    state_dir: Option<&Path>,
-) -> Result<RunningHost> {
-    build_wasm();
-    let app = App::load(&HostOptions {
-        manifest: manifest.to_path_buf(),
-        variables: variables.to_vec(),
-        state_dir: state_dir.map_or(StateDir::Unset, |d| StateDir::Dir(d.to_path_buf())),
-        runtime_config: None,
-        env: Some(Default::default()),
-        ..Default::default()
-    })?;
-    serve(app, SocketAddr::from(([127, 0, 0, 1], 0))).await
-}
-
-/// A child process (one of this crate's binaries) that is killed when dropped.
-pub struct Child {
-    pub process: std::process::Child,
-    pub addr: SocketAddr,
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// Runs a binary and waits for its "listening on http://ADDR" / "Serving http://ADDR" line.
-pub fn spawn_until_listening(binary: &Path, args: &[String]) -> Result<Child> {
-    use std::io::{BufRead, BufReader};
-    let mut process = Command::new(binary)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("cannot run {}", binary.display()))?;
-    let stdout = process.stdout.take().context("stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .context("the process exited before listening")??;
-        if let Some(rest) = line
-            .strip_prefix("listening on ")
-            .or_else(|| line.strip_prefix("Serving "))
-        {
-            let url = url::Url::parse(rest.trim())?;
-            let host = url
-                .host_str()
-                .context("host")?
-                .trim_matches(|c| c == '[' || c == ']');
-            break SocketAddr::new(host.parse()?, url.port().context("port")?);
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    ensure!(addr.ip().is_loopback(), "listening off loopback");
-    Ok(Child { process, addr })
-}
-
 /// A free loopback port (bound and released: the caller binds it again at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,15 +132,43 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A folder under the system temp dir, removed (with everything in it) when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// `<tmp>/bluebutton-e2e-<what>-<pid>-<random>`, created.
+    pub fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "bluebutton-e2e-{what}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp folder");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub const CLIENT_ID: &str = "bluebuttonspinTestClient0123456789abcdef";
 pub const CLIENT_SECRET: &str = "test-client-secret-for-the-emulator";
 pub const ADMIN_KEY: &str = "admin-key-for-the-tests";
 
-/// The app under test on `spin-host`, wired to a `cms-sandbox` and a `connect-sandbox`.
+/// The app under test (a child process on `spin-host` or Spin, see [`host`]), wired to a `cms-sandbox`
+/// and a `connect-sandbox` running in this process.
 pub struct Stack {
     pub cms: cms_sandbox::CmsSandbox,
     pub connect: connect_sandbox::ConnectSandbox,
-    pub host: RunningHost,
+    pub app: AppHost,
 }
 
 impl Stack {
@@ -201,13 +189,17 @@ impl Stack {
         Stack::start_full(configure, configure_connect, extra, None).await
     }
 
-    /// As [`Stack::start_with`], with a Spin runtime config file (e.g. `[[client_tls]]`).
+    /// As [`Stack::start_with`], with a Spin runtime config file (e.g. `[[client_tls]]`). `extra` comes
+    /// after the defaults, and the last `--variable` of a name wins (in Spin as in `spin-host`).
     pub async fn start_full(
         configure: impl FnOnce(&mut cms_sandbox::Options),
         configure_connect: impl FnOnce(&mut connect_sandbox::Options),
         extra: &[String],
         runtime_config: Option<&Path>,
     ) -> Result<Stack> {
+        // The builds come first: they block, and the emulators should not wait on them.
+        build_wasm();
+        let _ = HostBinary::from_env();
         let port = free_port();
         let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
         let mut options = cms_sandbox::Options {
@@ -236,20 +228,23 @@ impl Stack {
             format!("admin_api_key={ADMIN_KEY}"),
         ];
         variables.extend_from_slice(extra);
-        build_wasm();
-        let app = App::load(&HostOptions {
-            manifest: workspace_root().join("spin.toml"),
+        let app = AppHost::start(AppOptions {
+            port: Some(port),
             variables,
             runtime_config: runtime_config.map(Path::to_path_buf),
-            env: Some(Default::default()),
             ..Default::default()
-        })?;
-        let host = serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
-        Ok(Stack { cms, connect, host })
+        })
+        .await?;
+        Ok(Stack { cms, connect, app })
     }
 
     pub fn base_url(&self) -> String {
-        self.host.base_url()
+        self.app.base_url()
+    }
+
+    /// What the app logged so far: the host's output and the component log files.
+    pub fn logs(&self) -> String {
+        self.app.logs()
     }
 
     /// Signs `user` in through the emulator's forms and returns the session.
@@ -264,7 +259,7 @@ impl Stack {
 
     /// `POST {cms}/_emulator/{path}` with a JSON body (test control of the CMS emulator).
     pub async fn cms_control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let resp = reqwest::Client::new()
+        let resp = http()
             .post(format!("{}/_emulator/{path}", self.cms.base_url()))
             .json(&body)
             .send()
@@ -276,7 +271,7 @@ impl Stack {
 
     /// `GET {app}{path}` with the admin key, as JSON.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
+        http()
             .get(format!("{}{path}", self.base_url()))
             .bearer_auth(ADMIN_KEY)
             .send()
@@ -289,7 +284,9 @@ impl Stack {
 
     /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
     pub async fn cms_counters(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/_emulator/counters", self.cms.base_url()))
+        http()
+            .get(format!("{}/_emulator/counters", self.cms.base_url()))
+            .send()
             .await
             .expect("the CMS emulator answers")
             .json()
@@ -297,18 +294,82 @@ impl Stack {
             .expect("JSON")
     }
 
+    /// The app's `default` store at rest: Spin's SQLite file in the state directory, opened from this
+    /// process while the host runs (both use SQLite's locking; the host keeps no transaction open). The
+    /// table is created if the host has not touched the store yet (Spin opens it lazily).
+    fn store(&self) -> rusqlite::Connection {
+        let db = rusqlite::Connection::open(self.app.store_file()).expect("the store file opens");
+        db.busy_timeout(std::time::Duration::from_secs(10))
+            .expect("a busy timeout");
+        db.execute_batch(spin_host::kv::CREATE_TABLE)
+            .expect("Spin's table");
+        db
+    }
+
     /// Every key and value in the app's default store, as text (for at-rest checks).
     pub fn store_dump(&self) -> String {
-        self.host
-            .app
-            .kv_store("default")
-            .expect("default store")
-            .dump()
-            .expect("dump")
-            .into_iter()
-            .map(|(k, v)| format!("{k} = {}\n", String::from_utf8_lossy(&v)))
-            .collect()
+        let db = self.store();
+        let mut stmt = db
+            .prepare("SELECT key, value FROM spin_key_value WHERE store = 'default' ORDER BY key")
+            .expect("a query");
+        stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
+        .expect("rows")
+        .map(|r| r.expect("a row"))
+        .map(|(k, v)| format!("{k} = {}\n", String::from_utf8_lossy(&v)))
+        .collect()
     }
+
+    /// One value of the default store.
+    pub fn store_get(&self, key: &str) -> Option<Vec<u8>> {
+        use rusqlite::OptionalExtension;
+        self.store()
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .optional()
+            .expect("a read")
+    }
+
+    /// Writes one value of the default store behind the app's back (e.g. to age a record).
+    pub fn store_set(&self, key: &str, value: &[u8]) {
+        self.store()
+            .execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                rusqlite::params![key, value],
+            )
+            .expect("a write");
+    }
+
+    /// Makes every write to the store fail (or work again), as a broken backend would: SQLite triggers
+    /// that abort each INSERT, UPDATE and DELETE on Spin's table with "injected failure". Works the same
+    /// under `spin-host` and Spin, which see the error from their own statements.
+    pub fn fail_store_writes(&self, failing: bool) {
+        let db = self.store();
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            let sql = if failing {
+                format!(
+                    "CREATE TRIGGER IF NOT EXISTS e2e_fail_{op} BEFORE {op} ON spin_key_value \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure: the store refuses writes'); END"
+                )
+            } else {
+                format!("DROP TRIGGER IF EXISTS e2e_fail_{op}")
+            };
+            db.execute_batch(&sql).expect("a trigger");
+        }
+    }
+}
+
+/// A client whose requests time out ([`beneficiary::REQUEST_TIMEOUT`]).
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(beneficiary::REQUEST_TIMEOUT)
+        .build()
+        .expect("a client")
 }
 
 /// A private CA and a server certificate for localhost (connect's mkcert set-up).

@@ -25,8 +25,6 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
 pub struct KvStore {
     label: String,
     conn: Arc<Mutex<Connection>>,
-    /// Test control: when set, every write fails as a broken backend would.
-    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl KvStore {
@@ -47,22 +45,7 @@ impl KvStore {
         Ok(KvStore {
             label: label.to_string(),
             conn: Arc::new(Mutex::new(conn)),
-            failing: Arc::default(),
         })
-    }
-
-    /// Makes every later `set` and `delete` fail (or work again), to test what the app does then.
-    pub fn fail_writes(&self, failing: bool) {
-        self.failing
-            .store(failing, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        anyhow::ensure!(
-            !self.failing.load(std::sync::atomic::Ordering::SeqCst),
-            "injected failure: the store refuses writes"
-        );
-        Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -82,7 +65,6 @@ impl KvStore {
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.check_writable()?;
         self.conn().execute(
             "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
@@ -92,7 +74,6 @@ impl KvStore {
     }
 
     pub fn delete(&self, key: &str) -> Result<()> {
-        self.check_writable()?;
         self.conn().execute(
             "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
             params![self.label, key],

@@ -2,24 +2,22 @@
 //! `cms-sandbox` (no arguments; a minute or two on two cores). It prints one line per figure, then one
 //! JSON object with every figure as its last line.
 //!
-//! Build it with `cargo build -p tests --bins` (the peak-RSS figure runs the `spin-host` binary that sits
-//! beside this one), then run `./target/debug/bench`.
+//! Run it with `cargo run -p e2e --bin bench`: it builds the components and `spin-host` itself (with
+//! cargo's progress shown) and runs the app as a child process, as the end-to-end suite does: on
+//! `spin-host`, or on the real Spin CLI when `SPIN_BIN` names it. The instantiation figure counts
+//! instances, so it runs `spin_host` in this process.
 //!
 //! Each measurement is an entry of [`MEASUREMENTS`] contributing its own keys; add a figure by adding an
 //! entry.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use cms_sandbox::{CmsSandbox, Options};
 use e2e::beneficiary::sign_in;
-use e2e::{
-    build_wasm, free_port, spawn_until_listening, token_key, workspace_root, Stack, CLIENT_ID,
-    CLIENT_SECRET,
-};
+use e2e::{build_wasm, token_key, workspace_root, HostBinary, Stack, CLIENT_ID, CLIENT_SECRET};
 use futures::future::LocalBoxFuture;
 use reqwest::Client;
 use serde_json::Value;
@@ -83,7 +81,7 @@ const MEASUREMENTS: &[(&str, Measurement)] = &[
     ("the original client's way", || Box::pin(seed_way())),
     ("the sync into connect", || Box::pin(sync_into_connect())),
     ("the per-request overhead", || Box::pin(overhead())),
-    ("the peak RSS of spin-host", || Box::pin(peak_rss())),
+    ("the peak RSS of the host", || Box::pin(peak_rss())),
     ("the component sizes", || Box::pin(wasm_size())),
     ("the instantiation cost", || Box::pin(instantiation())),
 ];
@@ -97,17 +95,21 @@ async fn main() {
 }
 
 async fn run() -> Result<()> {
+    e2e::show_build_progress();
     build_wasm();
-    // The in-process host is this crate's code, and wasmtime's generic code that moves bodies in and out
-    // of the guest is monomorphised here too: in cargo's dev profile that per-byte work is unoptimised,
-    // which shows in every timing, so say which build made the figures.
+    let host = HostBinary::from_env();
+    // spin-host is built in cargo's dev profile (its own crate at opt-level 1, dependencies at 2): say
+    // which build made the figures.
     let profile = if cfg!(debug_assertions) {
         "unoptimised (dev profile)"
     } else {
         "optimised"
     };
     println!(
-        "bench: {profile} build of the host; cms-sandbox in-process, spin-host children for RSS"
+        "bench: the app on {} ({}, a child process per measurement, {profile} build of the bench); \
+         cms-sandbox and connect-sandbox in-process",
+        host.name(),
+        host.path().display()
     );
     let mut json = serde_json::Map::new();
     for (name, measure) in MEASUREMENTS {
@@ -291,20 +293,21 @@ async fn overhead() -> Result<Vec<Figure>> {
     ])
 }
 
-/// `peak_rss_mb_5000`, `peak_rss_mb_500` and their ratio: a fresh `spin-host` child per size, one fetch.
+/// `peak_rss_mb_5000`, `peak_rss_mb_500` and their ratio: a fresh host child per size, one fetch.
 async fn peak_rss() -> Result<Vec<Figure>> {
     let big = child_peak_rss_mb(5000).await?;
     let small = child_peak_rss_mb(500).await?;
+    let host = HostBinary::from_env().name();
     Ok(vec![
         figure(
             "peak_rss_mb_5000",
             big,
-            "MB VmHWM of a fresh spin-host after fetching 5,000 EOBs",
+            format!("MB VmHWM of a fresh {host} after fetching 5,000 EOBs"),
         ),
         figure(
             "peak_rss_mb_500",
             small,
-            "MB VmHWM of a fresh spin-host after fetching 500 EOBs",
+            format!("MB VmHWM of a fresh {host} after fetching 500 EOBs"),
         ),
         figure("peak_rss_mb_5000_vs_500", big / small, "x (10x the data)"),
     ])
@@ -333,19 +336,32 @@ async fn wasm_size() -> Result<Vec<Figure>> {
 /// It includes the loopback HTTP round trip, routing, a fresh wasmtime store and instance (as Spin
 /// makes per request) and the guest's few microseconds of work.
 async fn instantiation() -> Result<Vec<Figure>> {
-    let stack = Stack::start(|_| {}, &["admin_api_key=".to_string()]).await?;
-    let url = format!("{}/bluebutton/connect/outbox", stack.base_url());
+    // spin-host in this process, to count the instances it makes.
+    let app = spin_host::App::load(&spin_host::HostOptions {
+        manifest: workspace_root().join("spin.toml"),
+        variables: vec![
+            format!("cms_client_id={CLIENT_ID}"),
+            format!("cms_client_secret={CLIENT_SECRET}"),
+            format!("token_key={}", token_key()),
+            "admin_api_key=".to_string(),
+        ],
+        env: Some(Default::default()),
+        output: spin_host::Output::Quiet,
+        ..Default::default()
+    })?;
+    let host = spin_host::serve(app, loopback(0)).await?;
+    let url = format!("{}/bluebutton/connect/outbox", host.base_url());
     let http = Client::new();
     for _ in 0..WARM_UP {
         timed_get(&http, &url, "", 404).await?;
     }
-    let before = stack.host.app.instantiations();
+    let before = host.app.instantiations();
     let mut times = Vec::new();
     let started = Instant::now();
     while REQUESTS.wants_more(started, times.len()) {
         times.push(timed_get(&http, &url, "", 404).await?);
     }
-    let (n, instances) = (times.len(), stack.host.app.instantiations() - before);
+    let (n, instances) = (times.len(), host.app.instantiations() - before);
     ensure!(
         instances == n as u64,
         "{n} requests made {instances} instances, not one each"
@@ -525,56 +541,18 @@ fn token_and_patient(token: &Value) -> Result<(&str, &str)> {
     ))
 }
 
-/// Runs `spin-host` as a child on its own emulator, fetches `eobs` EOBs once and reads the child's peak
-/// resident set (`VmHWM`), in MB.
+/// Runs the app as a fresh child on its own emulator, fetches `eobs` EOBs once and reads the child's peak
+/// resident set (`VmHWM`, the largest of its processes), in MB.
 async fn child_peak_rss_mb(eobs: usize) -> Result<f64> {
-    // The emulator must know the callback URL, so the host's port comes first.
-    let port = free_port();
-    let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
-    let cms = CmsSandbox::start(
-        loopback(0),
-        Options {
-            eob_count: Some(eobs),
-            ..cms_options(redirect_uri.clone())
-        },
+    let app = SignedIn::start(
+        0,
+        eobs,
+        &[
+            format!("fetch_concurrency={CONCURRENCY}"),
+            format!("page_size={PAGE_SIZE}"),
+        ],
     )
     .await?;
-    let binary = std::env::current_exe()?.with_file_name("spin-host");
-    ensure!(
-        binary.exists(),
-        "no {}: build it with `cargo build -p tests --bins`",
-        binary.display()
-    );
-    let manifest: PathBuf = workspace_root().join("spin.toml");
-    let mut args = vec![
-        "up".to_string(),
-        "--from".to_string(),
-        manifest.display().to_string(),
-        "--listen".to_string(),
-        loopback(port).to_string(),
-    ];
-    for variable in [
-        format!("cms_base_url={}", cms.base_url()),
-        format!("cms_client_id={CLIENT_ID}"),
-        format!("cms_client_secret={CLIENT_SECRET}"),
-        format!("redirect_uri={redirect_uri}"),
-        format!("token_key={}", token_key()),
-        format!("fetch_concurrency={CONCURRENCY}"),
-        format!("page_size={PAGE_SIZE}"),
-    ] {
-        args.extend(["--variable".to_string(), variable]);
-    }
-    // Waiting for the child's "Serving" line blocks; keep it off the runtime the emulator runs on.
-    let child =
-        tokio::task::spawn_blocking(move || spawn_until_listening(&binary, &args)).await??;
-    let base = format!("http://{}", child.addr);
-    let session = session_of(&base).await?;
-    fetch_eobs(&Client::new(), &base, &session, eobs).await?;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.process.id()))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB")?.trim().parse().ok())
-        .context("no VmHWM in /proc/<pid>/status")?;
-    Ok(kb / 1024.0)
+    fetch_eobs(&Client::new(), &app.stack.base_url(), &app.session, eobs).await?;
+    app.stack.app.peak_rss_mb()
 }

@@ -1,7 +1,7 @@
-//! The real app on its host: every route answers, the binary serves it with variables from flags and
-//! the environment, and a missing required variable stops start-up.
+//! The real app on its host (`spin-host`, or Spin with `SPIN_BIN`): every route answers, the host serves
+//! it with variables from flags and the environment, and a missing required variable stops start-up.
 
-use e2e::{build_wasm, spawn_until_listening, spin_host_binary, start, token_key, workspace_root};
+use e2e::{token_key, AppHost, AppOptions, StartFailure};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -10,21 +10,23 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-#[test]
-fn a_missing_required_variable_stops_start_up() {
-    build_wasm();
-    let out = std::process::Command::new(spin_host_binary())
-        .args(["up", "--from"])
-        .arg(workspace_root().join("spin.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("SPIN_VARIABLE_CMS_CLIENT_ID")
-        .env_remove("SPIN_VARIABLE_CMS_CLIENT_SECRET")
-        .env_remove("SPIN_VARIABLE_TOKEN_KEY")
-        .env("SPIN_VARIABLE_CMS_CLIENT_SECRET", "from-the-environment")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+#[tokio::test]
+async fn a_missing_required_variable_stops_start_up() {
+    let err = AppHost::start(AppOptions {
+        env: vec![(
+            "SPIN_VARIABLE_CMS_CLIENT_SECRET".into(),
+            "from-the-environment".into(),
+        )],
+        ..Default::default()
+    })
+    .await
+    .err()
+    .expect("the host must not start");
+    let failure = err
+        .downcast_ref::<StartFailure>()
+        .unwrap_or_else(|| panic!("{err:#}"));
+    assert!(failure.status.is_some_and(|s| !s.success()), "{failure}");
+    let stderr = &failure.log;
     // Spin: `no provider resolved required variable(s): [Key("cms_client_id"), Key("token_key")]`.
     assert!(
         stderr.contains("required variable(s)")
@@ -34,35 +36,35 @@ fn a_missing_required_variable_stops_start_up() {
         "{stderr}"
     );
     assert!(!stderr.contains("from-the-environment"));
+    // And it was the host asked for: each words it its own way.
+    if e2e::on_real_spin() {
+        assert!(stderr.contains("Key(\"cms_client_id\")"), "{stderr}");
+    } else {
+        assert!(stderr.contains("cms_client_id, token_key;"), "{stderr}");
+    }
 }
 
 #[tokio::test]
 async fn the_binary_serves_the_real_app_with_variables_from_flags_and_environment() {
-    build_wasm();
-    let child = spawn_until_listening(
-        &spin_host_binary(),
-        &[
-            "up".into(),
-            "--from".into(),
-            workspace_root().join("spin.toml").display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state-dir".into(),
-            String::new(),
-            "--variable".into(),
+    let host = AppHost::start(AppOptions {
+        variables: vec![
             "cms_client_id=client-from-flag".into(),
-            "--variable".into(),
-            "cms_client_secret=secret".into(),
-            "--variable".into(),
             format!("token_key={}", token_key()),
         ],
-    )
+        // A flag beats the environment; the environment gives what no flag does (the secret).
+        env: vec![
+            (
+                "SPIN_VARIABLE_CMS_CLIENT_ID".into(),
+                "client-from-env".into(),
+            ),
+            ("SPIN_VARIABLE_CMS_CLIENT_SECRET".into(), "secret".into()),
+        ],
+        ..Default::default()
+    })
+    .await
     .unwrap();
     let resp = client()
-        .get(format!(
-            "http://{}/bluebutton/authorize?lang=en",
-            child.addr
-        ))
+        .get(format!("{}/bluebutton/authorize?lang=en", host.base_url()))
         .send()
         .await
         .unwrap();
@@ -75,16 +77,15 @@ async fn the_binary_serves_the_real_app_with_variables_from_flags_and_environmen
 /// Every route of the real app answers through the host (the features behind them have their own tests).
 #[tokio::test]
 async fn every_route_of_the_real_app_answers() {
-    let host = start(
-        &workspace_root().join("spin.toml"),
-        &[
+    let host = AppHost::start(AppOptions {
+        variables: vec![
             "cms_client_id=abc".into(),
             "cms_client_secret=def".into(),
             format!("token_key={}", token_key()),
             "admin_api_key=admin-key-for-tests".into(),
         ],
-        None,
-    )
+        ..Default::default()
+    })
     .await
     .unwrap();
     let base = host.base_url();

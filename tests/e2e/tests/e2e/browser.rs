@@ -2,51 +2,89 @@
 //! operations, and the whole seed flow works — authorize, log in and consent at the CMS emulator, land on
 //! the callback with a session, fetch the beneficiary's Patient with it.
 //!
-//! Needs `chromium` and `chromium-driver` (Debian packages; `.ci/run` installs them).
+//! Needs `chromium` and `chromium-driver` (Debian packages; `.ci/run` installs them) on PATH, or
+//! `CHROMIUM` (or `CHROME_BIN`) and `CHROMEDRIVER` naming them. The screenshot of the docs goes to
+//! `target/debug/e2e-artifacts/docs.png`.
 
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cms_sandbox::BBUSER29999_PATIENT;
-use e2e::{free_port, workspace_root, Stack};
+use e2e::{free_port, Stack, TempDir};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-struct Driver(Child);
+/// chromedriver and the browsers it starts (one process group), and the browser's profile folder: all
+/// gone when dropped, whether or not the test got to close its session.
+struct Driver {
+    child: Child,
+    _profile: TempDir,
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
     }
 }
 
+/// A program named by one of `vars`, else the first of `names` found on PATH.
+fn find_program(vars: &[&str], names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = vars
+        .iter()
+        .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()))
+    {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 async fn browser() -> (Driver, Client) {
+    let chromium = find_program(
+        &["CHROMIUM", "CHROME_BIN"],
+        &["chromium", "chromium-browser"],
+    )
+    .expect("chromium on PATH (Debian package chromium), or CHROMIUM/CHROME_BIN naming it");
+    let chromedriver = find_program(&["CHROMEDRIVER"], &["chromedriver"])
+        .expect("chromedriver on PATH (Debian package chromium-driver), or CHROMEDRIVER naming it");
     let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
+    let mut cmd = Command::new(chromedriver);
+    cmd.arg(format!("--port={port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver is installed (Debian package chromium-driver)");
-    let driver = Driver(child);
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().expect("chromedriver runs");
+    let profile = TempDir::new("chromium-profile");
+    let user_data_dir = format!("--user-data-dir={}", profile.path().display());
+    let driver = Driver {
+        child,
+        _profile: profile,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let profile = std::env::temp_dir().join(format!("chromium-profile-{port}"));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
         json!({
-            "binary": "/usr/bin/chromium",
+            "binary": chromium,
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--window-size=1280,1600",
-                format!("--user-data-dir={}", profile.display()),
+                user_data_dir,
             ]
         }),
     );
@@ -98,7 +136,7 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
         browser.find(Locator::Css(".btn.authorize")).await.is_ok(),
         "the Authorize button"
     );
-    let artefacts = workspace_root().join("tests/artifacts");
+    let artefacts = e2e::bin_dir().join("e2e-artifacts");
     std::fs::create_dir_all(&artefacts).unwrap();
     let png = browser.screenshot().await.unwrap();
     std::fs::write(artefacts.join("docs.png"), &png).unwrap();

@@ -483,8 +483,8 @@ async fn connect_over_tls_is_trusted_only_through_client_tls() {
             pki.key_pem.clone(),
         ));
     };
-    let dir = std::env::temp_dir().join(format!("client-tls-{}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = e2e::TempDir::new("client-tls");
+    let dir = dir.path();
     std::fs::write(dir.join("lfh-root-ca.pem"), &pki.ca_pem).unwrap();
     let config = dir.join("runtime-config.toml");
     std::fs::write(

@@ -211,8 +211,7 @@ async fn a_failing_key_value_store_is_a_clear_error_and_nothing_is_claimed() {
     .await
     .unwrap();
     let session = stack.session("BBUser29999").await;
-    let store = stack.host.app.kv_store("default").unwrap();
-    store.fail_writes(true);
+    stack.fail_store_writes(true);
     // Connect is down and the outbox cannot be written: the answer must not claim the batch is safe.
     let resp = fetch(&stack, &session, "?return_cms=false").await;
     assert_eq!(resp.status(), 500);
@@ -235,7 +234,7 @@ async fn a_failing_key_value_store_is_a_clear_error_and_nothing_is_claimed() {
         .as_str()
         .unwrap()
         .contains("key-value store"));
-    store.fail_writes(false);
+    stack.fail_store_writes(false);
     assert_eq!(
         fetch(&stack, &session, "?push=false").await.status(),
         200,

@@ -2,15 +2,37 @@
 //! served by `spin-host` with a real session and admin key: no 5xx, every answer as documented (status,
 //! content type, schema, headers), every error a problem document.
 //!
-//! Needs `schemathesis` on PATH (`pip install schemathesis`; `.ci/run` installs it).
+//! Needs `schemathesis`: `SCHEMATHESIS` naming it, or on PATH, or in the virtual environment `.ci/run`
+//! makes (`target/venv`).
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use e2e::beneficiary::sign_in;
-use e2e::{Stack, ADMIN_KEY};
+use e2e::{workspace_root, Stack, TempDir, ADMIN_KEY};
+
+/// One schemathesis run may take this long (its budget is fixed below; this only bounds a hang).
+const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+fn schemathesis_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SCHEMATHESIS").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("schemathesis"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| workspace_root().join("target/venv/bin/schemathesis"))
+}
 
 fn schemathesis(base: &str, auth: Option<&str>, selection: &[&str]) -> (bool, String) {
-    let mut cmd = Command::new("schemathesis");
+    // Its working folder (it keeps a `.schemathesis/` cache there) and its output, removed afterwards.
+    let dir = TempDir::new("schemathesis");
+    let log = dir.path().join("output.txt");
+    let mut cmd = Command::new(schemathesis_binary());
+    cmd.current_dir(dir.path());
     cmd.args(["run", &format!("{base}/openapi.json")])
         .args(["--checks", "all"])
         // A random `state`, `code` or filter is well-formed yet unknown: rejecting it is right.
@@ -25,15 +47,30 @@ fn schemathesis(base: &str, auth: Option<&str>, selection: &[&str]) -> (bool, St
     if let Some(header) = auth {
         cmd.args(["-H", header]);
     }
-    let out = cmd
-        .output()
-        .expect("schemathesis is installed (pip install schemathesis)");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .expect("schemathesis is installed (see the top of this file)");
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    if status.is_none() {
+        text.push_str(&format!("\n(killed after {RUN_TIMEOUT:?})"));
+    }
+    (status.is_some_and(|s| s.success()), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,121 +2,33 @@
 //! admin routes; no secret in any log line, response or stored value; outbound calls only where allowed.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cms_sandbox::{self, CmsSandbox, BBUSER00001_PATIENT, BBUSER29999_PATIENT};
-use connect_sandbox::{self, ConnectSandbox};
+use cms_sandbox::{BBUSER00001_PATIENT, BBUSER29999_PATIENT};
 use e2e::beneficiary::{self, authorize_at_cms, sign_in, Consent};
-use e2e::{
-    build_wasm, free_port, spin_host_binary, token_key, workspace_root, Stack, ADMIN_KEY,
-    CLIENT_ID, CLIENT_SECRET,
-};
+use e2e::{token_key, workspace_root, Stack, ADMIN_KEY, CLIENT_SECRET};
 use serde_json::{json, Value};
-
-/// `spin-host` as a separate process whose every output line is kept.
-struct LoggedHost {
-    child: std::process::Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for LoggedHost {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_logged(port: u16, variables: &[String], kv_file: &std::path::Path) -> LoggedHost {
-    build_wasm();
-    let mut cmd = Command::new(spin_host_binary());
-    cmd.args(["up", "--from"])
-        .arg(workspace_root().join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--state-dir")
-        .arg(kv_file.parent().unwrap())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for v in variables {
-        cmd.args(["--variable", v]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !log.lock().unwrap().contains("Serving http://") {
-        assert!(Instant::now() < deadline, "spin-host did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    LoggedHost {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
-    let port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/bluebutton/callback");
-    let cms = CmsSandbox::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        cms_sandbox::Options {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uri: redirect.clone(),
-            token_ttl_secs: 62,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let connect = ConnectSandbox::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        connect_sandbox::Options {
-            rate_limit_per_sec: 0,
-            fail_first: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
     let key = token_key();
-    let dir = std::env::temp_dir().join(format!("security-{}", rand::random::<u64>()));
-    let kv_file = dir.join("sqlite_key_value.db");
-    let host = spawn_logged(
-        port,
-        &[
-            format!("cms_base_url={}", cms.base_url()),
-            format!("connect_url={}", connect.base_url()),
-            format!("cms_client_id={CLIENT_ID}"),
-            format!("cms_client_secret={CLIENT_SECRET}"),
-            format!("redirect_uri={redirect}"),
-            format!("token_key={key}"),
-            format!("admin_api_key={ADMIN_KEY}"),
-        ],
-        &kv_file,
-    );
+    // The host's whole output (component output included, as Spin shows it by default), the component
+    // log files and the store file are all scanned.
+    let stack = Stack::start_with(
+        |o| o.token_ttl_secs = 62,
+        |c| {
+            c.rate_limit_per_sec = 0;
+            c.fail_first = 1;
+        },
+        &[format!("token_key={key}")],
+    )
+    .await
+    .unwrap();
+    let (cms, base) = (&stack.cms, stack.base_url());
 
     // Everything a client sees, kept for the scan.
     let mut seen = String::new();
-    let signed_in = sign_in(&host.base, "BBUser29999").await.unwrap();
+    let signed_in = sign_in(&base, "BBUser29999").await.unwrap();
     let session = signed_in["session"].as_str().unwrap().to_string();
     seen.push_str(&signed_in.to_string());
     let http = beneficiary::client();
@@ -132,7 +44,7 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
         "/bluebutton/callback?state=forged-state-0123456789abcdef&code=x",
     ] {
         let resp = http
-            .get(format!("{}{path}", host.base))
+            .get(format!("{base}{path}"))
             .bearer_auth(&session)
             .send()
             .await
@@ -146,7 +58,7 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
         ("/bluebutton/connect/outbox", Some("wrong")),
         ("/bluebutton/connect/outbox", None),
     ] {
-        let mut req = http.get(format!("{}{path}", host.base));
+        let mut req = http.get(format!("{base}{path}"));
         if let Some(key) = key {
             req = req.bearer_auth(key);
         }
@@ -156,7 +68,7 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
     // Revoking deletes CMS's tokens: note them first.
     let cms_secrets = cms.secrets_seen();
     let resp = http
-        .delete(format!("{}/bluebutton/session", host.base))
+        .delete(format!("{base}/bluebutton/session"))
         .bearer_auth(&session)
         .send()
         .await
@@ -168,14 +80,12 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
         "tokens, refreshed tokens and the verifier: {}",
         cms_secrets.len()
     );
-    let log = host.log.lock().unwrap().clone();
-    let stored = spin_host::kv::KvStore::open("default", Some(&kv_file))
-        .unwrap()
-        .dump()
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(&v)))
-        .collect::<String>();
+    let log = stack.logs();
+    assert!(
+        log.contains("Serving http://"),
+        "the log is the host's: {log}"
+    );
+    let stored = stack.store_dump();
     assert!(!stored.is_empty());
     let mut secrets: Vec<(&str, String)> = cms_secrets
         .iter()
@@ -207,13 +117,10 @@ async fn forged_replayed_and_expired_states_never_reach_cms() {
         .unwrap();
     let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
     // An expired state: CMS took too long (the record is aged in the store, as 10 minutes would).
-    let store = stack.host.app.kv_store("default").unwrap();
     let key = format!("state:{}", q["state"]);
-    let mut record: Value = serde_json::from_slice(&store.get(&key).unwrap().unwrap()).unwrap();
+    let mut record: Value = serde_json::from_slice(&stack.store_get(&key).unwrap()).unwrap();
     record["created_at"] = json!(record["created_at"].as_i64().unwrap() - 601);
-    store
-        .set(&key, &serde_json::to_vec(&record).unwrap())
-        .unwrap();
+    stack.store_set(&key, &serde_json::to_vec(&record).unwrap());
     let token_calls = || async {
         let counters = stack.cms_counters().await;
         counters["by_path"]["/v2/o/token/"].clone()
