@@ -290,10 +290,9 @@ fn state_paths(
 fn engine() -> Result<Engine> {
     let mut config = Config::new();
     config.async_support(true);
-    // Compiled components are cached on disk, so starting the host again (every test does) is fast.
-    let mut cache = wasmtime::CacheConfig::new();
-    cache.with_directory(std::env::temp_dir().join("spin-host-wasmtime-cache"));
-    config.cache(Some(wasmtime::Cache::new(cache)?));
+    // Compiled components are cached on disk, so starting the host again (every test does) is fast: in
+    // wasmtime's default cache folder (~/.cache/wasmtime), as Spin does by default.
+    config.cache(Some(wasmtime::Cache::new(wasmtime::CacheConfig::new())?));
     Engine::new(&config)
 }
 

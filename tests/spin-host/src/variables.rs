@@ -43,8 +43,15 @@ impl VariableSources {
             })
             .collect::<Result<_>>()?;
         let env = std::env::vars().collect();
-        let dotenv = match dotenv.map(std::fs::read_to_string) {
-            Some(Ok(text)) => parse_dotenv(&text),
+        let dotenv = match dotenv.map(|p| (p, std::fs::read_to_string(p))) {
+            Some((path, Ok(text))) => parse_dotenv(&text).unwrap_or_else(|err| {
+                // Spin then takes nothing from the file (silently); say why.
+                eprintln!(
+                    "Warning: {} is not a valid dotenv file ({err}): none of it is used",
+                    path.display()
+                );
+                HashMap::new()
+            }),
             _ => HashMap::new(),
         };
         Ok(VariableSources { cli, env, dotenv })
@@ -62,22 +69,110 @@ impl VariableSources {
     }
 }
 
-fn parse_dotenv(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .filter_map(|line| {
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            let (name, value) = line.split_once('=')?;
-            let value = value.trim();
-            let unquoted = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(value);
-            Some((name.trim().to_string(), unquoted.to_string()))
-        })
-        .collect()
+/// A `.env` file read as Spin reads it (the `dotenvy` crate's rules, single-line values): `NAME=value`,
+/// optionally after `export `, no space around `=`; a value is unquoted (ends at whitespace, after which
+/// only a `#` comment may follow), `'single'` (literal) or `"double"` quoted (with `\` escapes), and may
+/// use `$NAME` / `${NAME}` of the environment or an earlier line. One malformed line and Spin takes
+/// nothing from the file, e.g. for `NAME=two words`: so does this.
+fn parse_dotenv(text: &str) -> Result<HashMap<String, String>, String> {
+    let mut values = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = match line.strip_prefix("export") {
+            Some(rest) if rest.starts_with([' ', '\t']) => rest.trim_start(),
+            _ => line,
+        };
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("no `=` in {line:?}"))?;
+        let valid_name = name
+            .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid_name {
+            return Err(format!("bad name {name:?}"));
+        }
+        let value =
+            parse_dotenv_value(value, &values).ok_or_else(|| format!("bad value in {line:?}"))?;
+        values.insert(name.to_string(), value);
+    }
+    Ok(values)
+}
+
+fn parse_dotenv_value(input: &str, earlier: &HashMap<String, String>) -> Option<String> {
+    let substitute = |name: &str, out: &mut String| {
+        if let Some(v) = std::env::var(name)
+            .ok()
+            .or_else(|| earlier.get(name).cloned())
+        {
+            out.push_str(&v);
+        }
+    };
+    let mut out = String::new();
+    let (mut strong, mut weak, mut escaped, mut expecting_end) = (false, false, false, false);
+    let mut chars = input.trim_end().chars().peekable();
+    while let Some(c) = chars.next() {
+        if expecting_end {
+            match c {
+                ' ' | '\t' => continue,
+                '#' => break,
+                _ => return None,
+            }
+        } else if escaped {
+            match c {
+                '\\' | '\'' | '"' | '$' | ' ' => out.push(c),
+                'n' if weak => out.push('\n'),
+                _ => return None,
+            }
+            escaped = false;
+        } else if strong {
+            if c == '\'' {
+                strong = false;
+            } else {
+                out.push(c);
+            }
+        } else if c == '$' {
+            let mut name = String::new();
+            if chars.peek() == Some(&'{') {
+                chars.next();
+                loop {
+                    match chars.next()? {
+                        '}' => break,
+                        c => name.push(c),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if !(c.is_alphanumeric() || c == '_') {
+                        break;
+                    }
+                    name.push(c);
+                    chars.next();
+                }
+            }
+            substitute(&name, &mut out);
+        } else if weak {
+            match c {
+                '"' => weak = false,
+                '\\' => escaped = true,
+                c => out.push(c),
+            }
+        } else {
+            match c {
+                '\'' => strong = true,
+                '"' => weak = true,
+                '\\' => escaped = true,
+                ' ' | '\t' => expecting_end = true,
+                '#' if out.is_empty() => break,
+                c => out.push(c),
+            }
+        }
+    }
+    (!strong && !weak && !escaped).then_some(out)
 }
 
 impl Variables {
@@ -219,9 +314,29 @@ mod tests {
 
     #[test]
     fn dotenv_parsing() {
-        let parsed = parse_dotenv("# c\nexport A=\"1\"\nB='2'\nC=3\n\n");
+        let parsed = parse_dotenv("# c\nexport A=\"1\"\nB='2'\nC=3\n\n").unwrap();
         assert_eq!(parsed["A"], "1");
         assert_eq!(parsed["B"], "2");
         assert_eq!(parsed["C"], "3");
+        let parsed =
+            parse_dotenv("D=\"two words\"\nE=x # a comment\nF=\nG=a\\ b\nH=${D}!\nI='$D'\n  J=1\n")
+                .unwrap();
+        assert_eq!(parsed["D"], "two words");
+        assert_eq!(parsed["E"], "x");
+        assert_eq!(parsed["F"], "");
+        assert_eq!(parsed["G"], "a b");
+        assert_eq!(parsed["H"], "two words!");
+        assert_eq!(parsed["I"], "$D");
+        assert_eq!(parsed["J"], "1");
+        // As in Spin (dotenvy): one bad line and the file gives nothing.
+        for bad in [
+            "A=1\nB=two words\n",
+            "A =1\n",
+            "A= 1\n",
+            "A=\"open\n",
+            "just words\n",
+        ] {
+            assert!(parse_dotenv(bad).is_err(), "{bad:?}");
+        }
     }
 }

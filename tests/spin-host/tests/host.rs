@@ -151,8 +151,6 @@ async fn key_value_persists_across_requests_and_restarts() {
         .collect();
     logs.sort();
     assert_eq!(logs, ["probe_stderr.txt", "probe_stdout.txt"]);
-    drop(host);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -291,7 +289,8 @@ async fn spin_headers_and_routing() {
     );
 }
 
-/// The `spin-host` binary, run from `cwd` with `args` after `up`, as a child that is killed when dropped.
+/// The `spin-host` binary (or the real Spin CLI when `SPIN_BIN` names it, to check that it does the same),
+/// run from `cwd` with `args` after `up`, as a child that is killed when dropped.
 struct Binary {
     child: std::process::Child,
     /// What it printed on stdout up to its `Serving` line.
@@ -315,10 +314,14 @@ fn run_binary(cwd: &Path, args: &[String]) -> Result<Binary, String> {
         .and_then(|l| l.local_addr())
         .unwrap()
         .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spin-host"))
+    let binary = std::env::var_os("SPIN_BIN")
+        .filter(|b| !b.is_empty())
+        .map(|b| std::path::absolute(b).unwrap())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_spin-host").into());
+    let mut child = Command::new(binary)
         .current_dir(cwd)
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(["PATH", "HOME"].map(|v| (v, std::env::var_os(v).unwrap_or_default())))
         .arg("up")
         .args(args)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -380,17 +383,27 @@ async fn the_binary_reads_dotenv_from_its_current_directory_and_keeps_state_as_s
     std::fs::write(app.join("spin.toml"), manifest).unwrap();
     std::fs::write(
         app.join(".env"),
-        "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=beside the manifest\n",
+        "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=\"beside the manifest\"\n",
     )
     .unwrap();
-    std::fs::write(cwd.join(".env"), "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=from the current directory\n").unwrap();
+    std::fs::write(cwd.join(".env"), "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=\"from the current directory\"\n").unwrap();
+    // Spin (dotenvy) refuses a whole file for one unquoted space: nothing of it is used.
+    std::fs::write(
+        elsewhere.join(".env"),
+        "SPIN_VARIABLE_UPSTREAM=http://127.0.0.1:9\nSPIN_VARIABLE_GREETING=two words\n",
+    )
+    .unwrap();
     let from = |m: &Path| vec!["--from".to_string(), m.display().to_string()];
 
-    // From a folder without `.env`: the one beside the manifest is not read, `upstream` is missing.
+    // From a folder with a malformed `.env`: neither it nor the one beside the manifest is read, so
+    // `upstream` is missing.
     let err = run_binary(&elsewhere, &from(&app.join("spin.toml")))
         .err()
         .expect("no start-up");
-    assert!(err.contains("required variable(s): upstream"), "{err}");
+    assert!(
+        err.contains("required variable(s)") && err.contains("upstream"),
+        "{err}"
+    );
 
     // From the folder with `.env`; no --state-dir: `.spin/` beside the manifest.
     let host = run_binary(&cwd, &from(&app.join("spin.toml"))).unwrap();
@@ -437,15 +450,30 @@ async fn the_binary_reads_dotenv_from_its_current_directory_and_keeps_state_as_s
     );
     drop(host);
     assert!(!app.join(".spin").exists());
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
-fn tempdir() -> PathBuf {
+/// A temp folder, removed when dropped (also when the test fails).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> TempDir {
     let dir = std::env::temp_dir().join(format!(
-        "bluebutton-spin-test-{}-{}",
+        "spin-host-test-{}-{:016x}",
         std::process::id(),
         rand::random::<u64>()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
