@@ -35,12 +35,39 @@ pub fn show_build_progress() {
     SHOW_BUILDS.store(true, Ordering::Relaxed);
 }
 
+/// A `cargo` command as a user would run it in the workspace. Cargo gives the processes it runs (this test
+/// binary, the bench) variables describing the running package (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`,
+/// ...); a nested cargo must not inherit them: build scripts such as ring's rerun when they change, so
+/// the next `cargo test` would rebuild ring and everything above it, and this build again.
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ]
+        .iter()
+        .any(|prefix| name.starts_with(prefix));
+        if per_package || name == "OUT_DIR" {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
 /// Runs `cargo <args>` in the workspace; its output is shown only if it fails (or if
 /// [`show_build_progress`] was called).
 fn cargo(args: &[&str], what: &str) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args(args);
+    let mut cmd = cargo_command();
+    cmd.args(args);
     if SHOW_BUILDS.load(Ordering::Relaxed) {
         eprintln!("building {what}: cargo {}", args.join(" "));
         let status = cmd.status().expect("cargo runs");

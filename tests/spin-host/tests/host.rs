@@ -17,7 +17,27 @@ fn build_probe() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // Not the variables cargo sets for this test process (CARGO_PKG_NAME, ...): build scripts rerun
+        // when they change, so the next `cargo test` would rebuild them.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().into_owned();
+            let per_package = [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
+            if per_package || name == "OUT_DIR" {
+                cmd.env_remove(name);
+            }
+        }
+        let out = cmd
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args([
                 "build",
