@@ -125,6 +125,10 @@ impl AppHost {
         let dir = TempDir::new("app");
         let cwd = dir.path().join("cwd");
         std::fs::create_dir_all(&cwd)?;
+        // Its temp files too (`spin up` keeps the locked app in a `spinup-*` folder, left behind if it is
+        // killed): they go with the folder.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp)?;
         let port = options.port.unwrap_or_else(crate::free_port);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let manifest = options
@@ -155,6 +159,7 @@ impl AppHost {
                 cmd.env_remove(name.as_ref());
             }
         }
+        cmd.env("TMPDIR", &tmp);
         cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         // Its own process group: `spin up` runs the app in a child process (`spin trigger http`), and
         // both must stop with the test.

@@ -164,12 +164,13 @@ pub fn free_port() -> u16 {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    /// `<tmp>/bluebutton-e2e-<what>-<pid>-<random>`, created.
+    /// `<tmp>/bb-e2e-<what>-<pid>-<random>`, created. Short: Chromium puts a Unix socket (path at most
+    /// 107 bytes) two levels down.
     pub fn new(what: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
-            "bluebutton-e2e-{what}-{}-{:016x}",
+            "bb-e2e-{what}-{}-{:08x}",
             std::process::id(),
-            rand::random::<u64>()
+            rand::random::<u32>()
         ));
         std::fs::create_dir_all(&dir).expect("a temp folder");
         TempDir(dir)

@@ -58,14 +58,21 @@ async fn browser() -> (Driver, Client) {
     let chromedriver = find_program(&["CHROMEDRIVER"], &["chromedriver"])
         .expect("chromedriver on PATH (Debian package chromium-driver), or CHROMEDRIVER naming it");
     let port = free_port();
+    let profile = TempDir::new("chromium");
+    let user_data_dir = format!(
+        "--user-data-dir={}",
+        profile.path().join("user-data").display()
+    );
+    // chromedriver's and Chromium's own temp folders (`org.chromium.Chromium.scoped_dir.*`) go there too.
+    let tmp = profile.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
     let mut cmd = Command::new(chromedriver);
     cmd.arg(format!("--port={port}"))
+        .env("TMPDIR", &tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd.spawn().expect("chromedriver runs");
-    let profile = TempDir::new("chromium-profile");
-    let user_data_dir = format!("--user-data-dir={}", profile.path().display());
     let driver = Driver {
         child,
         _profile: profile,
