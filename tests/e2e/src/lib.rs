@@ -151,12 +151,35 @@ pub fn token_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A free loopback port (bound and released: the caller binds it again at once).
+/// A free loopback port for a process to listen on (checked by binding it, then released).
+///
+/// It is chosen below the kernel's ephemeral range: a port from that range (what binding port 0 gives)
+/// can be handed out again, once released, to the next socket bound to port 0 (an emulator starting
+/// meanwhile) or to an outgoing connection, before the process meant to listen on it does. Ports
+/// handed out here are never handed out twice in a process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000, ephemeral_low)
+    } else {
+        (ephemeral_low, u16::MAX)
+    };
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = low + rand::random::<u16>() % (high - low);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
 }
 
 /// A folder under the system temp dir, removed (with everything in it) when dropped.
