@@ -1,4 +1,5 @@
-//! In-memory implementations of the ports, for unit tests of the rules (here and in other crates).
+//! In-memory implementations of the ports, for unit tests of the rules (feature `testing`; never in a
+//! component).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::ports::{Clock, HttpClient, HttpError, KeyValue, Random, StoreError, Variables};
+use crate::ports::{
+    Clock, HttpClient, HttpError, KeyValue, Random, ResponseWriter, StoreError, VariableError,
+    Variables, WriteError,
+};
 
 type Handler = dyn Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError>;
 
@@ -64,7 +68,7 @@ impl FakePlatform {
 
     fn check_store(&self) -> Result<(), StoreError> {
         if self.fail_store.get() {
-            Err(StoreError("injected failure".into()))
+            Err(StoreError::Backend("injected failure".into()))
         } else {
             Ok(())
         }
@@ -132,7 +136,7 @@ impl Random for FakePlatform {
 }
 
 impl Variables for FakePlatform {
-    fn variable(&self, name: &str) -> Result<Option<String>, String> {
+    fn variable(&self, name: &str) -> Result<Option<String>, VariableError> {
         Ok(self.vars.get(name).cloned())
     }
 }
@@ -148,7 +152,7 @@ pub struct CapturedResponse {
     pub complete: Option<bool>,
 }
 
-/// A [`ResponseWriter`](crate::ports::ResponseWriter) into a shared [`CapturedResponse`].
+/// A [`ResponseWriter`] into a shared [`CapturedResponse`].
 #[derive(Clone, Default)]
 pub struct CaptureWriter(pub Rc<RefCell<CapturedResponse>>);
 
@@ -161,14 +165,14 @@ impl CapturedResponse {
     }
 }
 
-impl crate::ports::ResponseWriter for CaptureWriter {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
+impl ResponseWriter for CaptureWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), WriteError> {
         let mut c = self.0.borrow_mut();
         c.status = status;
         c.headers = headers.to_vec();
         Ok(())
     }
-    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
         let mut c = self.0.borrow_mut();
         c.body.extend_from_slice(chunk);
         c.writes += 1;

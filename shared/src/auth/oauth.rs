@@ -7,9 +7,12 @@ use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::auth::session::TokenSet;
 use crate::config::OAuthClient;
-use crate::ports::{Clock, KeyValue, Random};
-use crate::problem::Error;
+use crate::error::Error;
+use crate::keys;
+use crate::ports::{Clock, HttpError, KeyValue, Platform, Random};
+use crate::retry::{self, RetryPolicy};
 
 /// How long a beneficiary has to log in and consent at CMS.
 pub const STATE_TTL_SECS: i64 = 600;
@@ -35,8 +38,26 @@ fn random_token(random: &impl Random, bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
-fn state_key(state: &str) -> String {
-    format!("state:{state}")
+/// The characters a path segment may hold unencoded (RFC 3986 `pchar`, with `%` for escapes).
+const PATH_CHARS: &str = "-._~!$&'()*+,;=:@%";
+
+/// `return_to` as the OpenAPI document states it: a plain local path of non-empty segments. Anything
+/// else (a scheme, `//host`, a backslash, a control character a browser would drop) could make the app
+/// an open redirector.
+pub const RETURN_TO_PATTERN: &str = "^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$";
+
+pub fn is_local_path(target: &str) -> bool {
+    let Some(rest) = target.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.is_empty()
+        || rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || PATH_CHARS.contains(c))
+        })
 }
 
 /// Creates and stores a state and PKCE verifier, and returns where to send the beneficiary.
@@ -54,10 +75,9 @@ pub fn begin<P: KeyValue + Clock + Random>(
         }
     }
     if let Some(target) = return_to {
-        // Only our own paths: anything else would make us an open redirector.
-        if !target.starts_with('/') || target.starts_with("//") || target.contains('\\') {
+        if !is_local_path(target) {
             return Err(Error::BadRequest(
-                "`return_to` must be a path on this server, such as /app".into(),
+                "`return_to` must be a plain path on this server, such as /app".into(),
             ));
         }
     }
@@ -73,7 +93,7 @@ pub fn begin<P: KeyValue + Clock + Random>(
         return_to: return_to.map(str::to_string),
     };
     let value = serde_json::to_vec(&pending).expect("serializable");
-    platform.set(&state_key(state.secret()), &value)?;
+    platform.set(&keys::state(state.secret()), &value)?;
 
     let mut url = Url::parse(&format!("{}/v2/o/authorize/", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form a URL: {e}")))?;
@@ -107,7 +127,7 @@ pub fn take_state<P: KeyValue + Clock>(
     let state = state
         .filter(|s| !s.is_empty())
         .ok_or_else(|| Error::BadRequest("the `state` parameter is missing".into()))?;
-    let key = state_key(state);
+    let key = keys::state(state);
     let stored = platform.get(&key)?;
     let Some(stored) = stored else {
         return Err(Error::BadRequest(
@@ -148,11 +168,6 @@ type CmsClient = oauth2::Client<
     oauth2::EndpointSet,
 >;
 
-/// The confidential client's credentials, read only by the components that talk to CMS's token endpoint.
-pub fn client_secret(vars: &impl crate::ports::Variables) -> Result<String, Error> {
-    crate::config::required(vars, "cms_client_secret")
-}
-
 fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
     let token_url = oauth2::TokenUrl::new(format!("{}/v2/o/token/", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the token URL: {e}")))?;
@@ -171,18 +186,16 @@ fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
 fn token_error(
     what: &str,
     err: oauth2::RequestTokenError<
-        crate::ports::HttpError,
+        HttpError,
         oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
     >,
 ) -> TokenFailure {
     use oauth2::RequestTokenError as E;
     match err {
         E::ServerResponse(resp) => TokenFailure::Refused(resp.error().as_ref().to_string()),
-        E::Request(crate::ports::HttpError::Timeout) => {
-            TokenFailure::Failed(Error::GatewayTimeout(format!(
-                "CMS's token endpoint did not answer the {what} in time"
-            )))
-        }
+        E::Request(HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(format!(
+            "CMS's token endpoint did not answer the {what} in time"
+        ))),
         E::Request(e) => TokenFailure::Failed(Error::BadGateway(format!(
             "CMS's token endpoint could not be reached for the {what}: {e}"
         ))),
@@ -203,12 +216,11 @@ pub enum TokenFailure {
     Failed(Error),
 }
 
-async fn token_http<P: crate::ports::Platform>(
+async fn token_http<P: Platform>(
     platform: &P,
     request: oauth2::HttpRequest,
-) -> Result<oauth2::HttpResponse, crate::ports::HttpError> {
-    let retried =
-        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+) -> Result<oauth2::HttpResponse, HttpError> {
+    let retried = retry::send(platform, &request, &RetryPolicy::default()).await;
     retried.result
 }
 
@@ -216,7 +228,7 @@ fn token_set(
     platform: &impl Clock,
     resp: CmsTokenResponse,
     fallback: Option<&TokenSetHint>,
-) -> Result<crate::session::TokenSet, Error> {
+) -> Result<TokenSet, Error> {
     use oauth2::TokenResponse;
     let expires_in = resp.expires_in().map_or(3600, |d| d.as_secs() as i64);
     let scope = resp
@@ -230,7 +242,7 @@ fn token_set(
         .clone()
         .or_else(|| fallback.map(|f| f.patient.clone()))
         .ok_or_else(|| Error::BadGateway("CMS's token response names no `patient`".into()))?;
-    Ok(crate::session::TokenSet {
+    Ok(TokenSet {
         access_token: resp.access_token().secret().clone(),
         refresh_token: resp
             .refresh_token()
@@ -247,16 +259,16 @@ fn token_set(
 }
 
 /// What a refresh keeps from the previous token set when CMS's answer leaves it out.
-type TokenSetHint = crate::session::TokenSet;
+type TokenSetHint = TokenSet;
 
 /// Exchanges an authorization code (with its PKCE verifier) for tokens.
-pub async fn exchange_code<P: crate::ports::Platform>(
+pub async fn exchange_code<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
     code: &str,
     verifier: String,
-) -> Result<crate::session::TokenSet, TokenFailure> {
+) -> Result<TokenSet, TokenFailure> {
     let http = |req| token_http(platform, req);
     let resp = cms_client(client, secret)
         .map_err(TokenFailure::Failed)?
@@ -269,12 +281,12 @@ pub async fn exchange_code<P: crate::ports::Platform>(
 }
 
 /// Uses the refresh token; CMS rotates it, so the answer's refresh token replaces the old one.
-pub async fn refresh<P: crate::ports::Platform>(
+pub async fn refresh<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
-    current: &crate::session::TokenSet,
-) -> Result<crate::session::TokenSet, TokenFailure> {
+    current: &TokenSet,
+) -> Result<TokenSet, TokenFailure> {
     let refresh_token = current
         .refresh_token
         .clone()
@@ -292,11 +304,11 @@ pub async fn refresh<P: crate::ports::Platform>(
 
 /// Revokes the grant at CMS (`/v2/o/revoke/` deletes every token of this app and beneficiary, and always
 /// answers 200 when the client authenticates).
-pub async fn revoke<P: crate::ports::Platform>(
+pub async fn revoke<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
-    tokens: &crate::session::TokenSet,
+    tokens: &TokenSet,
 ) -> Result<(), Error> {
     use base64::engine::general_purpose::STANDARD;
     let body = url::form_urlencoded::Serializer::new(String::new())
@@ -308,15 +320,14 @@ pub async fn revoke<P: crate::ports::Platform>(
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(body.into_bytes())
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the revoke URL: {e}")))?;
-    let retried =
-        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+    let retried = retry::send(platform, &request, &RetryPolicy::default()).await;
     match retried.result {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(Error::BadGateway(format!(
             "CMS refused to revoke the grant ({}); the session is kept so you can retry",
             resp.status().as_u16()
         ))),
-        Err(crate::ports::HttpError::Timeout) => Err(Error::GatewayTimeout(
+        Err(HttpError::Timeout) => Err(Error::GatewayTimeout(
             "CMS did not answer the revocation in time; the session is kept so you can retry"
                 .into(),
         )),
@@ -404,11 +415,33 @@ mod tests {
     }
 
     #[test]
+    fn local_paths() {
+        for ok in ["/", "/app", "/app/", "/a/b%20c", "/x:y@z"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "app",
+            "//x",
+            "/a//b",
+            "/a\\b",
+            "/\t/x",
+            "/a b",
+            "https://x",
+        ] {
+            assert!(!is_local_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_lang_and_foreign_return_to_are_refused() {
         let p = FakePlatform::new();
         assert!(begin(&p, &client(), Some("fr"), None).is_err());
         assert!(begin(&p, &client(), None, Some("https://evil.example")).is_err());
         assert!(begin(&p, &client(), None, Some("//evil.example")).is_err());
+        assert!(begin(&p, &client(), None, Some("/\t/evil.example")).is_err());
+        assert!(begin(&p, &client(), None, Some("/a//evil.example")).is_err());
+        assert!(begin(&p, &client(), None, Some("/a\\b")).is_err());
         assert!(p.keys().unwrap().is_empty());
     }
 }

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use crate::config::OAuthClient;
-use crate::crypto::TokenKey;
-use crate::oauth::{self, TokenFailure};
+use crate::auth::crypto::TokenKey;
+use crate::auth::oauth::{self, TokenFailure};
+use crate::auth::session::{self, Session};
+use crate::config::{self, OAuthClient};
+use crate::error::Error;
 use crate::ports::Platform;
-use crate::problem::Error;
-use crate::session::{self, Session};
 
 /// Refresh when the access token has less than this left, so it cannot expire mid-request.
 pub const REFRESH_EARLY_SECS: i64 = 60;
@@ -24,7 +24,7 @@ impl TokenContext {
     pub fn load(platform: &impl Platform) -> Result<TokenContext, Error> {
         Ok(TokenContext {
             client: OAuthClient::load(platform)?,
-            secret: oauth::client_secret(platform)?,
+            secret: config::client_secret(platform)?,
             key: TokenKey::load(platform)?,
         })
     }

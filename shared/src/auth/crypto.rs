@@ -1,5 +1,5 @@
-//! Tokens at rest: sealed with XChaCha20-Poly1305 under `token_key`, a fresh random nonce per write, and the
-//! record's key as associated data so a sealed value cannot be moved to another session.
+//! Secrets at rest: sealed with XChaCha20-Poly1305 under `token_key`, a fresh random nonce per write, and the
+//! record's key as associated data so a sealed value cannot be moved to another record.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -8,8 +8,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::ports::{Random, Variables};
-use crate::problem::Error;
 
 /// The AEAD key from the `token_key` variable: 32 bytes, given as base64 (standard or URL-safe) or hex.
 #[derive(Clone)]
@@ -66,19 +66,17 @@ impl TokenKey {
         }
     }
 
-    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, Error> {
+    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, OpenError> {
         if sealed.kid != self.id {
-            return Err(Error::Unauthorized(
-                "this session was sealed under another `token_key`; authorize again".into(),
-            ));
+            return Err(OpenError::OtherKey);
         }
         let nonce = URL_SAFE_NO_PAD.decode(&sealed.nonce).ok();
         let ciphertext = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).ok();
         let (Some(nonce), Some(ciphertext)) = (nonce, ciphertext) else {
-            return Err(tampered());
+            return Err(OpenError::Tampered);
         };
         if nonce.len() != 24 {
-            return Err(tampered());
+            return Err(OpenError::Tampered);
         }
         self.cipher
             .decrypt(
@@ -88,12 +86,17 @@ impl TokenKey {
                     aad,
                 },
             )
-            .map_err(|_| tampered())
+            .map_err(|_| OpenError::Tampered)
     }
 }
 
-fn tampered() -> Error {
-    Error::Unauthorized("the stored session failed its integrity check; authorize again".into())
+/// Why a sealed value did not open.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum OpenError {
+    #[error("it was sealed under another `token_key`")]
+    OtherKey,
+    #[error("it failed its integrity check")]
+    Tampered,
 }
 
 fn decode_key(text: &str) -> Option<Vec<u8>> {
@@ -147,8 +150,9 @@ mod tests {
         let p = FakePlatform::new();
         let key = TokenKey::parse(KEY_B64).unwrap();
         let sealed = key.seal(&p, b"secret token", b"session:1");
-        assert!(
-            key.open(&sealed, b"session:2").is_err(),
+        assert_eq!(
+            key.open(&sealed, b"session:2"),
+            Err(OpenError::Tampered),
             "bound to its record"
         );
         let mut flipped = sealed.clone();
@@ -157,7 +161,7 @@ mod tests {
         flipped.ciphertext = URL_SAFE_NO_PAD.encode(bytes);
         assert!(key.open(&flipped, b"session:1").is_err());
         let other = TokenKey::parse(&"11".repeat(32)).unwrap();
-        assert!(other.open(&sealed, b"session:1").is_err());
+        assert_eq!(other.open(&sealed, b"session:1"), Err(OpenError::OtherKey));
     }
 
     #[test]
@@ -165,7 +169,7 @@ mod tests {
         assert!(TokenKey::parse(&"ab".repeat(32)).is_ok());
         assert!(TokenKey::parse(KEY_B64.trim_end_matches('=')).is_ok());
         let err = TokenKey::parse("c2hvcnQ=").unwrap_err();
-        assert_eq!(err.status(), 500);
+        assert!(matches!(err, Error::Config(_)));
         assert!(err.to_string().contains("token_key"));
         assert!(TokenKey::parse("").is_err());
     }

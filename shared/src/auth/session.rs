@@ -6,9 +6,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::crypto::{hex, Sealed, TokenKey};
+use crate::auth::crypto::{hex, Sealed, TokenKey};
+use crate::error::Error;
+use crate::keys;
 use crate::ports::{Clock, KeyValue, Random};
-use crate::problem::Error;
 
 /// What CMS granted. Never leaves the server, never logged (Debug hides the secrets).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -54,14 +55,6 @@ pub fn session_hash(session: &str) -> String {
     hex(&Sha256::digest(session.as_bytes()))
 }
 
-fn session_key(hash: &str) -> String {
-    format!("session:{hash}")
-}
-
-fn patient_sessions_key(patient: &str) -> String {
-    format!("patient:{patient}:sessions")
-}
-
 /// Stores a new session for `tokens` and returns the bearer value to hand to the caller (once).
 pub fn create<P: KeyValue + Clock + Random>(
     platform: &P,
@@ -81,7 +74,7 @@ pub fn create<P: KeyValue + Clock + Random>(
         tokens: seal_tokens(platform, key, &hash, tokens),
     };
     store_record(platform, &hash, &record)?;
-    let list_key = patient_sessions_key(&tokens.patient);
+    let list_key = keys::patient_sessions(&tokens.patient);
     let mut hashes = read_list(platform, &list_key)?;
     hashes.push(hash);
     platform.set(
@@ -93,7 +86,7 @@ pub fn create<P: KeyValue + Clock + Random>(
 
 pub fn seal_tokens(random: &impl Random, key: &TokenKey, hash: &str, tokens: &TokenSet) -> Sealed {
     let plain = serde_json::to_vec(tokens).expect("serializable");
-    key.seal(random, &plain, session_key(hash).as_bytes())
+    key.seal(random, &plain, keys::session(hash).as_bytes())
 }
 
 pub fn store_record(
@@ -102,7 +95,7 @@ pub fn store_record(
     record: &SessionRecord,
 ) -> Result<(), Error> {
     platform.set(
-        &session_key(hash),
+        &keys::session(hash),
         &serde_json::to_vec(record).expect("serializable"),
     )?;
     Ok(())
@@ -117,7 +110,7 @@ fn read_list(platform: &impl KeyValue, key: &str) -> Result<Vec<String>, Error> 
 
 /// The sessions of a patient (for the admin sync).
 pub fn sessions_of(platform: &impl KeyValue, patient: &str) -> Result<Vec<String>, Error> {
-    read_list(platform, &patient_sessions_key(patient))
+    read_list(platform, &keys::patient_sessions(patient))
 }
 
 /// Every patient with at least one session (for the admin sync).
@@ -125,11 +118,7 @@ pub fn patients(platform: &impl KeyValue) -> Result<Vec<String>, Error> {
     let mut patients: Vec<String> = platform
         .keys()?
         .into_iter()
-        .filter_map(|k| {
-            k.strip_prefix("patient:")
-                .and_then(|rest| rest.strip_suffix(":sessions"))
-                .map(str::to_string)
-        })
+        .filter_map(|k| keys::patient_of_sessions_key(&k).map(str::to_string))
         .collect();
     patients.sort();
     Ok(patients)
@@ -138,11 +127,17 @@ pub fn patients(platform: &impl KeyValue) -> Result<Vec<String>, Error> {
 /// Reads a session by its hash and opens its tokens.
 pub fn load(platform: &impl KeyValue, key: &TokenKey, hash: &str) -> Result<Session, Error> {
     let stored = platform
-        .get(&session_key(hash))?
+        .get(&keys::session(hash))?
         .ok_or_else(|| Error::Unauthorized("unknown or revoked session".into()))?;
     let record: SessionRecord = serde_json::from_slice(&stored)
         .map_err(|_| Error::Unauthorized("unreadable session record; authorize again".into()))?;
-    let plain = key.open(&record.tokens, session_key(hash).as_bytes())?;
+    let plain = key
+        .open(&record.tokens, keys::session(hash).as_bytes())
+        .map_err(|why| {
+            Error::Unauthorized(format!(
+                "this session's tokens cannot be opened: {why}; authorize again"
+            ))
+        })?;
     let tokens: TokenSet = serde_json::from_slice(&plain)
         .map_err(|_| Error::Unauthorized("unreadable session tokens; authorize again".into()))?;
     Ok(Session {
@@ -169,8 +164,8 @@ pub fn authenticate(
 
 /// Removes a session (and its entry in the patient's list).
 pub fn delete(platform: &impl KeyValue, session: &Session) -> Result<(), Error> {
-    platform.delete(&session_key(&session.hash))?;
-    let list_key = patient_sessions_key(&session.record.patient);
+    platform.delete(&keys::session(&session.hash))?;
+    let list_key = keys::patient_sessions(&session.record.patient);
     let hashes: Vec<String> = read_list(platform, &list_key)?
         .into_iter()
         .filter(|h| h != &session.hash)

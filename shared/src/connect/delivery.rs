@@ -7,47 +7,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config;
-use crate::crypto::hex;
+use crate::auth::crypto::hex;
+use crate::config::{ConnectMode, ConnectSettings};
+use crate::connect::{dead_letters, outbox};
+use crate::error::Error;
 use crate::fhir::Resource;
-use crate::ports::{KeyValue, Platform};
-use crate::problem::Error;
+use crate::ports::Platform;
 use crate::retry::{self, RetryPolicy};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// `collection` Bundles to `/fhir/Bundle`.
-    Bundle,
-    /// Each resource to `/fhir/{type}`.
-    Resource,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectConfig {
-    pub url: String,
-    pub batch_bytes: usize,
-    pub mode: Mode,
-}
-
-impl ConnectConfig {
-    pub fn load(vars: &impl crate::ports::Variables) -> Result<ConnectConfig, Error> {
-        let mode = match config::optional(vars, "connect_mode")?.as_deref() {
-            None | Some("bundle") => Mode::Bundle,
-            Some("resource") => Mode::Resource,
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "`connect_mode` must be `bundle` or `resource`, not `{other}`"
-                )))
-            }
-        };
-        Ok(ConnectConfig {
-            url: config::origin(vars, "connect_url")?,
-            batch_bytes: config::number(vars, "connect_batch_bytes", 700_000, 10_000..=10_000_000)?
-                as usize,
-            mode,
-        })
-    }
-}
 
 /// What a delivery did; `fhir-fetch?return_cms=false` and `connect-push` answer with it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -135,7 +101,7 @@ fn batch_id(patient: &str, items: &[Item]) -> String {
 }
 
 /// How connect answered one POST.
-enum Outcome {
+pub(crate) enum Outcome {
     Delivered(Value),
     /// Connect will not take it as it is (invalid FHIR, type mismatch, too large): split or dead-letter.
     Refused {
@@ -188,7 +154,7 @@ fn detail_of(resp: &http::Response<Vec<u8>>) -> String {
     detail.chars().take(2000).collect()
 }
 
-async fn post(platform: &impl Platform, url: &str, body: Vec<u8>) -> Outcome {
+pub(crate) async fn post(platform: &impl Platform, url: &str, body: Vec<u8>) -> Outcome {
     let request = match http::Request::post(url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json")
@@ -221,38 +187,7 @@ async fn post(platform: &impl Platform, url: &str, body: Vec<u8>) -> Outcome {
     }
 }
 
-/// `outbox:{batch_id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OutboxEntry {
-    pub id: String,
-    pub patient: String,
-    /// The path on connect, e.g. `/fhir/Bundle`.
-    pub target: String,
-    pub payload: String,
-    pub resources: usize,
-    pub bytes: usize,
-    pub attempts: u32,
-    pub last_error: String,
-    pub queued_at: String,
-    pub updated_at: String,
-    /// Position within its delivery, so a replay keeps the original order.
-    #[serde(default)]
-    pub seq: usize,
-}
-
-/// `deadletter:{patient}:{type}:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub patient: String,
-    pub resource_type: String,
-    pub id: String,
-    pub status: u16,
-    pub detail: String,
-    pub resource: Value,
-    pub time: String,
-}
-
-fn now_text(platform: &impl Platform) -> String {
+pub(crate) fn now_text(platform: &impl Platform) -> String {
     platform
         .now()
         .format(&time::format_description::well_known::Rfc3339)
@@ -262,7 +197,7 @@ fn now_text(platform: &impl Platform) -> String {
 /// Delivers resources as they come (page by page), keeping at most one batch in memory.
 pub struct Delivery<'a, P: Platform> {
     platform: &'a P,
-    config: ConnectConfig,
+    config: ConnectSettings,
     patient: String,
     pending: Vec<Item>,
     pending_bytes: usize,
@@ -273,7 +208,7 @@ pub struct Delivery<'a, P: Platform> {
 }
 
 impl<'a, P: Platform> Delivery<'a, P> {
-    pub fn new(platform: &'a P, config: ConnectConfig, patient: &str) -> Self {
+    pub fn new(platform: &'a P, config: ConnectSettings, patient: &str) -> Self {
         Delivery {
             platform,
             config,
@@ -285,22 +220,10 @@ impl<'a, P: Platform> Delivery<'a, P> {
         }
     }
 
-    /// Resources given as JSON values (a request body, a queued payload).
-    pub async fn add_values(&mut self, values: &[Value]) -> Result<(), Error> {
-        let resources = values
-            .iter()
-            .map(|v| {
-                Resource::from_value(v)
-                    .map_err(|e| Error::BadRequest(format!("not a FHIR resource: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.add(&resources).await
-    }
-
     pub async fn add(&mut self, resources: &[Resource]) -> Result<(), Error> {
         for resource in resources {
             let item = Item::new(resource);
-            if self.config.mode == Mode::Resource {
+            if self.config.mode == ConnectMode::Resource {
                 self.send(vec![item]).await?;
                 continue;
             }
@@ -326,15 +249,15 @@ impl<'a, P: Platform> Delivery<'a, P> {
 
     fn target(&self, items: &[Item]) -> String {
         match self.config.mode {
-            Mode::Resource => format!("/fhir/{}", items[0].resource_type),
-            Mode::Bundle => "/fhir/Bundle".to_string(),
+            ConnectMode::Resource => format!("/fhir/{}", items[0].resource_type),
+            ConnectMode::Bundle => "/fhir/Bundle".to_string(),
         }
     }
 
     fn payload(&self, id: &str, items: &[Item]) -> Vec<u8> {
         match self.config.mode {
-            Mode::Resource => items[0].json.clone(),
-            Mode::Bundle => bundle_bytes(id, items),
+            ConnectMode::Resource => items[0].json.clone(),
+            ConnectMode::Bundle => bundle_bytes(id, items),
         }
     }
 
@@ -366,27 +289,34 @@ impl<'a, P: Platform> Delivery<'a, P> {
                 }
                 Outcome::Refused { status, detail } => {
                     let item = &items[0];
-                    let key = dead_letter(self.platform, &self.patient, item, status, &detail)?;
+                    let letter = dead_letters::DeadLetter {
+                        patient: self.patient.clone(),
+                        resource_type: item.resource_type.clone(),
+                        id: item.id.clone(),
+                        status,
+                        detail,
+                        time: now_text(self.platform),
+                    };
+                    let key = dead_letters::put(self.platform, &letter, &item.json)?;
                     self.result.rejected += 1;
                     self.result.dead_letters.push(key);
                 }
                 Outcome::Failed(error) => {
                     let attempts = u32::from(self.outage.is_none());
                     self.outage.get_or_insert_with(|| error.clone());
-                    let entry = OutboxEntry {
+                    let entry = outbox::OutboxEntry {
                         id: id.clone(),
                         patient: self.patient.clone(),
                         target,
-                        payload: String::from_utf8(payload).expect("JSON is UTF-8"),
                         resources: items.len(),
-                        bytes: 0,
+                        bytes: payload.len(),
                         attempts,
                         last_error: error,
                         queued_at: now_text(self.platform),
                         updated_at: now_text(self.platform),
                         seq: self.result.queued.len(),
                     };
-                    write_outbox(self.platform, entry)?;
+                    outbox::put(self.platform, &entry, &payload)?;
                     self.result.queued.push(id);
                 }
             }
@@ -395,145 +325,12 @@ impl<'a, P: Platform> Delivery<'a, P> {
     }
 }
 
-fn dead_letter(
-    platform: &impl Platform,
-    patient: &str,
-    item: &Item,
-    status: u16,
-    detail: &str,
-) -> Result<String, Error> {
-    let key = format!("deadletter:{patient}:{}:{}", item.resource_type, item.id);
-    let letter = DeadLetter {
-        patient: patient.to_string(),
-        resource_type: item.resource_type.clone(),
-        id: item.id.clone(),
-        status,
-        detail: detail.to_string(),
-        resource: serde_json::from_slice(&item.json).unwrap_or(Value::Null),
-        time: now_text(platform),
-    };
-    platform.set(&key, &serde_json::to_vec(&letter).expect("serializable"))?;
-    Ok(key)
-}
-
-fn write_outbox(platform: &impl KeyValue, mut entry: OutboxEntry) -> Result<(), Error> {
-    entry.bytes = entry.payload.len();
-    platform.set(
-        &format!("outbox:{}", entry.id),
-        &serde_json::to_vec(&entry).expect("serializable"),
-    )?;
-    Ok(())
-}
-
-/// Outbox entries, oldest first.
-pub fn outbox(platform: &impl KeyValue) -> Result<Vec<OutboxEntry>, Error> {
-    let mut entries: Vec<OutboxEntry> = read_prefix(platform, "outbox:")?;
-    entries.sort_by(|a, b| (&a.queued_at, a.seq).cmp(&(&b.queued_at, b.seq)));
-    Ok(entries)
-}
-
-pub fn dead_letters(platform: &impl KeyValue) -> Result<Vec<DeadLetter>, Error> {
-    read_prefix(platform, "deadletter:")
-}
-
-fn read_prefix<T: serde::de::DeserializeOwned>(
-    platform: &impl KeyValue,
-    prefix: &str,
-) -> Result<Vec<T>, Error> {
-    let mut out = Vec::new();
-    for key in platform
-        .keys()?
-        .into_iter()
-        .filter(|k| k.starts_with(prefix))
-    {
-        if let Some(value) = platform.get(&key)? {
-            if let Ok(item) = serde_json::from_slice(&value) {
-                out.push(item);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Delivers every queued batch again; each leaves the outbox only once connect confirms it (or refuses
-/// its resources, which then become dead letters).
-pub async fn replay(
-    platform: &impl Platform,
-    config: &ConnectConfig,
-) -> Result<ReplayResult, Error> {
-    let mut summary = ReplayResult::default();
-    let mut outage: Option<String> = None;
-    for mut entry in outbox(platform)? {
-        if outage.is_some() {
-            // Connect is still down: leave the rest queued as they are.
-            summary.result.queued.push(entry.id);
-            continue;
-        }
-        summary.attempted += 1;
-        let url = format!("{}{}", config.url, entry.target);
-        match post(platform, &url, entry.payload.clone().into_bytes()).await {
-            Outcome::Delivered(envelope) => {
-                platform.delete(&format!("outbox:{}", entry.id))?;
-                summary.result.delivered += entry.resources;
-                summary.result.batches.push(envelope);
-                summary.replayed.push(entry.id);
-            }
-            Outcome::Refused { .. } => {
-                // Some of it is refused now: deliver it again resource by resource through the splitter.
-                let resources = payload_resources(&entry);
-                let mut delivery = Delivery::new(platform, config.clone(), &entry.patient);
-                delivery.add_values(&resources).await?;
-                let result = delivery.finish().await?;
-                platform.delete(&format!("outbox:{}", entry.id))?;
-                summary.replayed.push(entry.id);
-                summary.result.merge(result);
-            }
-            Outcome::Failed(error) => {
-                outage = Some(error.clone());
-                entry.attempts += 1;
-                entry.last_error = error;
-                entry.updated_at = now_text(platform);
-                summary.result.queued.push(entry.id.clone());
-                write_outbox(platform, entry)?;
-            }
-        }
-    }
-    Ok(summary)
-}
-
-fn payload_resources(entry: &OutboxEntry) -> Vec<Value> {
-    let Ok(payload) = serde_json::from_str::<Value>(&entry.payload) else {
-        return Vec::new();
-    };
-    if entry.target == "/fhir/Bundle" {
-        payload
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(|entries| {
-                entries
-                    .iter()
-                    .filter_map(|e| e.get("resource").cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    } else {
-        vec![payload]
-    }
-}
-
-/// What a replay of the outbox did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct ReplayResult {
-    pub attempted: usize,
-    /// Outbox ids that left the outbox.
-    pub replayed: Vec<String>,
-    #[serde(flatten)]
-    pub result: DeliveryResult,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connect::dead_letters;
+    use crate::connect::outbox;
+    use crate::connect::replay::replay;
     use crate::testing::FakePlatform;
     use futures::executor::block_on;
     use serde_json::json;
@@ -544,12 +341,24 @@ mod tests {
         json!({"resourceType": "ExplanationOfBenefit", "id": id, "valid": valid, "pad": "x".repeat(pad)})
     }
 
+    /// Resources given as JSON values.
+    async fn add_values<P: Platform>(
+        d: &mut Delivery<'_, P>,
+        values: &[Value],
+    ) -> Result<(), Error> {
+        let resources: Vec<Resource> = values
+            .iter()
+            .map(|v| Resource::from_value(v).unwrap())
+            .collect();
+        d.add(&resources).await
+    }
+
     fn item(value: &Value) -> Item {
         Item::new(&Resource::from_value(value).unwrap())
     }
 
-    fn config(mode: Mode, batch_bytes: usize) -> ConnectConfig {
-        ConnectConfig {
+    fn config(mode: ConnectMode, batch_bytes: usize) -> ConnectSettings {
+        ConnectSettings {
             url: "https://connect.test".into(),
             batch_bytes,
             mode,
@@ -595,10 +404,10 @@ mod tests {
         let p = FakePlatform::new();
         let received = Rc::default();
         connect(&p, Rc::default(), Rc::clone(&received));
-        let mut d = Delivery::new(&p, config(Mode::Bundle, 10_000), "-1");
+        let mut d = Delivery::new(&p, config(ConnectMode::Bundle, 10_000), "-1");
         let resources: Vec<Value> = (0..40).map(|i| eob(&format!("e{i}"), true, 900)).collect();
-        block_on(d.add_values(&resources[..25])).unwrap();
-        block_on(d.add_values(&resources[25..])).unwrap();
+        block_on(add_values(&mut d, &resources[..25])).unwrap();
+        block_on(add_values(&mut d, &resources[25..])).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 40);
         assert_eq!(result.status(), 200);
@@ -616,11 +425,11 @@ mod tests {
         let p = FakePlatform::new();
         let received = Rc::default();
         connect(&p, Rc::default(), Rc::clone(&received));
-        let mut d = Delivery::new(&p, config(Mode::Bundle, 1_000_000), "-1");
+        let mut d = Delivery::new(&p, config(ConnectMode::Bundle, 1_000_000), "-1");
         let resources: Vec<Value> = (0..20)
             .map(|i| eob(&format!("e{i}"), i != 3 && i != 11 && i != 12, 10))
             .collect();
-        block_on(d.add_values(&resources)).unwrap();
+        block_on(add_values(&mut d, &resources)).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 17);
         assert_eq!(result.rejected, 3);
@@ -629,7 +438,7 @@ mod tests {
             .map(|i| format!("e{i}"))
             .collect();
         assert_eq!(*received.borrow(), expected, "order kept, none twice");
-        let letters = dead_letters(&p).unwrap();
+        let letters = dead_letters::list(&p).unwrap();
         let mut ids: Vec<&str> = letters.iter().map(|l| l.id.as_str()).collect();
         ids.sort();
         assert_eq!(ids, ["e11", "e12", "e3"]);
@@ -643,13 +452,13 @@ mod tests {
         let down = Rc::new(RefCell::new(true));
         let received = Rc::default();
         connect(&p, Rc::clone(&down), Rc::clone(&received));
-        let mut d = Delivery::new(&p, config(Mode::Bundle, 5_000), "-1");
+        let mut d = Delivery::new(&p, config(ConnectMode::Bundle, 5_000), "-1");
         let resources: Vec<Value> = (0..10).map(|i| eob(&format!("e{i}"), true, 900)).collect();
-        block_on(d.add_values(&resources)).unwrap();
+        block_on(add_values(&mut d, &resources)).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!(result.delivered, 0);
         assert_eq!(result.status(), 202);
-        let queued = outbox(&p).unwrap();
+        let queued = outbox::list(&p).unwrap();
         assert_eq!(queued.len(), result.queued.len());
         assert_eq!(queued.iter().map(|e| e.resources).sum::<usize>(), 10);
         assert!(queued.iter().any(|e| e.last_error.contains("500")));
@@ -660,18 +469,23 @@ mod tests {
         );
 
         // Still down: one more attempt (then the rest wait), nothing is lost.
-        let attempts =
-            |p: &FakePlatform| outbox(p).unwrap().iter().map(|e| e.attempts).sum::<u32>();
+        let attempts = |p: &FakePlatform| {
+            outbox::list(p)
+                .unwrap()
+                .iter()
+                .map(|e| e.attempts)
+                .sum::<u32>()
+        };
         let before = attempts(&p);
-        let again = block_on(replay(&p, &config(Mode::Bundle, 5_000))).unwrap();
+        let again = block_on(replay(&p, &config(ConnectMode::Bundle, 5_000))).unwrap();
         assert!(again.replayed.is_empty());
         assert_eq!(again.result.queued.len(), queued.len());
         assert_eq!(attempts(&p), before + 1);
 
         *down.borrow_mut() = false;
-        let replayed = block_on(replay(&p, &config(Mode::Bundle, 5_000))).unwrap();
+        let replayed = block_on(replay(&p, &config(ConnectMode::Bundle, 5_000))).unwrap();
         assert_eq!(replayed.result.delivered, 10);
-        assert!(outbox(&p).unwrap().is_empty());
+        assert!(outbox::list(&p).unwrap().is_empty());
         let expected: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
         assert_eq!(*received.borrow(), expected);
     }
@@ -690,8 +504,8 @@ mod tests {
     fn resource_mode_posts_each_to_its_type() {
         let p = FakePlatform::new();
         connect(&p, Rc::default(), Rc::default());
-        let mut d = Delivery::new(&p, config(Mode::Resource, 700_000), "-1");
-        block_on(d.add_values(&[eob("a", true, 1), eob("b", false, 1)])).unwrap();
+        let mut d = Delivery::new(&p, config(ConnectMode::Resource, 700_000), "-1");
+        block_on(add_values(&mut d, &[eob("a", true, 1), eob("b", false, 1)])).unwrap();
         let result = block_on(d.finish()).unwrap();
         assert_eq!((result.delivered, result.rejected), (1, 1));
         assert!(p
