@@ -7,9 +7,11 @@
 #![allow(dead_code)]
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::auth::oauth::AuthorizationStart;
+use crate::cms::search::{CLAIM_TYPES_PATTERN, DATE_FILTER_PATTERN};
 use crate::cms::sync::SyncReport;
 use crate::connect::dead_letters::DeadLetter;
 use crate::connect::outbox::OutboxEntry;
@@ -75,21 +77,64 @@ struct FhirResource {
     resource_type: String,
 }
 
+/// A date filter: `lt|le|gt|ge` and a FHIR date (`2024`, `2024-05`, `2024-05-31`,
+/// `2024-05-31T12:00:00Z`).
+struct DateFilter;
+
+impl utoipa::PartialSchema for DateFilter {
+    fn schema() -> RefOr<Schema> {
+        string_matching(
+            DATE_FILTER_PATTERN,
+            "lt|le|gt|ge and a date, e.g. `gt2024-01-31`",
+        )
+    }
+}
+impl ToSchema for DateFilter {}
+
+/// Claim types, comma-separated.
+struct ClaimTypes;
+
+impl utoipa::PartialSchema for ClaimTypes {
+    fn schema() -> RefOr<Schema> {
+        string_matching(
+            CLAIM_TYPES_PATTERN,
+            "claim types, comma-separated, e.g. `carrier,pde`",
+        )
+    }
+}
+impl ToSchema for ClaimTypes {}
+
+fn string_matching(pattern: &str, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .into()
+}
+
+/// `POST /bluebutton/sync`'s optional body.
+#[derive(ToSchema)]
+struct SyncRequest {
+    /// Sync only this patient (by default, every patient with a session).
+    #[schema(example = "-20140000010000")]
+    patient: Option<String>,
+}
+
 /// The parameters every `GET /bluebutton/fhir/{type}` takes.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 struct FetchParams {
     /// Must be the session's own patient.
     patient: Option<String>,
-    /// `lt|le|gt|ge` + date, repeatable.
-    #[param(rename = "_lastUpdated")]
-    last_updated: Option<Vec<String>>,
+    /// When CMS last updated the resource: `lt|le|gt|ge` + date, repeatable.
+    #[param(rename = "_lastUpdated", inline)]
+    last_updated: Option<Vec<DateFilter>>,
     /// `last`: only what changed since the last complete fetch.
     #[param(inline)]
     since: Option<Since>,
     /// Also deliver to connect (default true).
     push: Option<bool>,
-    /// Answer with the Bundle (default true), or with the delivery to connect.
+    /// Answer with the Bundle (default true), or with the delivery to connect (empty with `push=false`).
     return_cms: Option<bool>,
 }
 
@@ -98,11 +143,11 @@ struct FetchParams {
 #[into_params(parameter_in = Query)]
 struct ClaimFilters {
     /// Claim types, e.g. `carrier,pde`.
-    #[param(rename = "type")]
-    kind: Option<String>,
-    /// `lt|le|gt|ge` + date, repeatable.
-    #[param(rename = "service-date")]
-    service_date: Option<Vec<String>>,
+    #[param(rename = "type", inline)]
+    kind: Option<ClaimTypes>,
+    /// When the service was provided: `lt|le|gt|ge` + date, repeatable.
+    #[param(rename = "service-date", inline)]
+    service_date: Option<Vec<DateFilter>>,
 }
 
 /// A `GET /bluebutton/fhir/{type}` path: each type its own, with the same answers.
@@ -137,7 +182,8 @@ macro_rules! fetch_path {
 #[utoipa::path(get, path = "/bluebutton/authorize", tag = "authorization",
     params(
         ("lang" = inline(Option<Lang>), Query, description = "CMS page language"),
-        ("return_to" = Option<String>, Query, pattern = "^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$",
+        ("return_to" = Option<String>, Query,
+            pattern = "^/([A-Za-z0-9._~!$&'()*+,;=:@%-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?)?$(?!\\n)",
             description = "A plain path on this server, echoed by the callback"),
     ),
     responses(
@@ -152,7 +198,8 @@ fn authorize() {}
 ///
 /// Takes the state back (once), exchanges the code with the PKCE verifier, seals the tokens in the store,
 /// and answers with an opaque session. A refusal at CMS arrives as `error=access_denied` (403). A state
-/// this server did not issue, or issued and already used, is refused before CMS is called.
+/// this server did not issue, or issued and already used or let expire, is refused (403) before CMS is
+/// called; a missing `code` is a 400.
 #[utoipa::path(get, path = "/bluebutton/callback", tag = "authorization",
     params(
         ("code" = Option<String>, Query, description = "The authorization code from CMS"),
@@ -210,7 +257,7 @@ fetch_path!(
 /// Sync every authorized patient (or one) to connect: what changed since the last sync of each type.
 #[utoipa::path(post, path = "/bluebutton/sync", tag = "connect",
     security(("admin_key" = [])),
-    request_body(content = Option<Object>, description = "Optional `{\"patient\": \"<id>\"}`", content_type = "application/json"),
+    request_body(content = Option<SyncRequest>, description = "Optional: one patient to sync", content_type = "application/json"),
     responses(
         (status = 200, description = "Per patient and type", body = SyncReport),
         (status = 202, description = "As 200, with some batches queued for connect", body = SyncReport),
@@ -375,6 +422,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn parameter<'a>(doc: &'a serde_json::Value, path: &str, name: &str) -> &'a serde_json::Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} documents {name}"))
+    }
+
+    #[test]
+    fn the_documented_filter_patterns_are_the_ones_enforced() {
+        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let claims = "/bluebutton/fhir/ExplanationOfBenefit";
+        for name in ["_lastUpdated", "service-date"] {
+            let schema = &parameter(&doc, claims, name)["schema"];
+            assert_eq!(schema["items"]["pattern"], DATE_FILTER_PATTERN, "{schema}");
+        }
+        let schema = &parameter(&doc, claims, "type")["schema"];
+        assert_eq!(schema["pattern"], CLAIM_TYPES_PATTERN, "{schema}");
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
     // A replayed callback fails before reaching CMS.
     let calls = p.sent.borrow().len();
     let replay = serve(&p, Callback, get(&callback));
-    assert_eq!(replay.status(), 400);
+    assert_eq!(replay.status(), 403);
     assert_eq!(p.sent.borrow().len(), calls);
 }
 

@@ -43,16 +43,20 @@ const PATH_CHARS: &str = "-._~!$&'()*+,;=:@%";
 
 /// `return_to` as the OpenAPI document states it: a plain local path of non-empty segments. Anything
 /// else (a scheme, `//host`, a backslash, a control character a browser would drop) could make the app
-/// an open redirector.
-pub const RETURN_TO_PATTERN: &str = "^(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?$";
+/// an open redirector. (`$(?!\n)` ends the match at the very end in Python's dialect too.)
+pub const RETURN_TO_PATTERN: &str =
+    "^/([A-Za-z0-9._~!$&'()*+,;=:@%-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?)?$(?!\\n)";
 
 pub fn is_local_path(target: &str) -> bool {
     let Some(rest) = target.strip_prefix('/') else {
         return false;
     };
+    if rest.is_empty() {
+        return true;
+    }
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    rest.is_empty()
-        || rest.split('/').all(|segment| {
+    !rest.is_empty()
+        && rest.split('/').all(|segment| {
             !segment.is_empty()
                 && segment
                     .chars()
@@ -129,8 +133,9 @@ pub fn take_state<P: KeyValue + Clock>(
         .ok_or_else(|| Error::BadRequest("the `state` parameter is missing".into()))?;
     let key = keys::state(state);
     let stored = platform.get(&key)?;
+    // A state this server did not issue, or issued and saw used, is refused as forged or replayed.
     let Some(stored) = stored else {
-        return Err(Error::BadRequest(
+        return Err(Error::Forbidden(
             "unknown or already used `state`: start again at /bluebutton/authorize".into(),
         ));
     };
@@ -138,7 +143,7 @@ pub fn take_state<P: KeyValue + Clock>(
     let pending: PendingAuthorization = serde_json::from_slice(&stored)
         .map_err(|_| Error::BadRequest("unreadable `state` record".into()))?;
     if platform.now().unix_timestamp() - pending.created_at > STATE_TTL_SECS {
-        return Err(Error::BadRequest(
+        return Err(Error::Forbidden(
             "the `state` expired (10 minutes): start again at /bluebutton/authorize".into(),
         ));
     }
@@ -405,13 +410,35 @@ mod tests {
         assert_ne!(first["state"], second["state"]);
         assert!(take_state(&p, Some(&first["state"])).is_ok());
         let replay = take_state(&p, Some(&first["state"])).unwrap_err();
-        assert_eq!(replay.status(), 400);
+        assert_eq!(replay.status(), 403);
         p.advance(Duration::from_secs(601));
         let expired = take_state(&p, Some(&second["state"])).unwrap_err();
         assert!(expired.to_string().contains("expired"));
         assert!(p.keys().unwrap().is_empty(), "expired state is removed too");
         assert!(take_state(&p, None).is_err());
         assert!(take_state(&p, Some("forged-state-value-xxxxxxxxxxxx")).is_err());
+    }
+
+    #[test]
+    fn return_to_is_exactly_what_the_document_says() {
+        let documented = regex::Regex::new(RETURN_TO_PATTERN.trim_end_matches("(?!\\n)")).unwrap();
+        let pieces = [
+            "/", "//", "a", "%20", "\\", "\t", ":", "@", " ", "?", "#", "~", "é",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..50_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let value: String = (0..seed % 6)
+                .map(|i| pieces[((seed >> (i * 8)) % pieces.len() as u64) as usize])
+                .collect();
+            assert_eq!(
+                is_local_path(&value),
+                documented.is_match(&value),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]

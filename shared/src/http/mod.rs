@@ -46,13 +46,12 @@ pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-/// A query parameter; an empty one counts as absent.
+/// A query parameter's first value, as given (an empty value is a value: each route's rules decide it).
 pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
     query_pairs(uri)
         .into_iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v)
-        .filter(|v| !v.is_empty())
 }
 
 pub fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
@@ -128,7 +127,7 @@ mod tests {
         let uri: http::Uri = "/x?a=1%202&b=%2F&c=".parse().unwrap();
         assert_eq!(query_param(&uri, "a").as_deref(), Some("1 2"));
         assert_eq!(query_param(&uri, "b").as_deref(), Some("/"));
-        assert_eq!(query_param(&uri, "c"), None);
+        assert_eq!(query_param(&uri, "c").as_deref(), Some(""));
         assert_eq!(query_param(&uri, "d"), None);
     }
 }

@@ -54,6 +54,7 @@ pub async fn callback(
     }
     let pending = oauth::take_state(platform, state.as_deref())?;
     let code = query_param(&head.uri, "code")
+        .filter(|code| !code.is_empty())
         .ok_or_else(|| Error::BadRequest("the `code` parameter is missing".into()))?;
     let tokens = oauth::exchange_code(platform, &client, &secret, &code, pending.verifier)
         .await

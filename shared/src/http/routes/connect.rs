@@ -73,7 +73,9 @@ pub async fn handle(
                 )));
             }
             let connect = ConnectSettings::load(platform)?;
-            let patient = query_param(&head.uri, "patient").unwrap_or_else(|| "-".into());
+            let patient = query_param(&head.uri, "patient")
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "-".into());
             let mut delivery = Delivery::new(platform, connect, &patient);
             delivery.add(&resources).await?;
             let result = delivery.finish().await?;

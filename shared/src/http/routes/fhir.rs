@@ -5,7 +5,7 @@
 use crate::auth::session::{self, Session};
 use crate::auth::tokens::TokenContext;
 use crate::cms::pipeline::{self, Both, PageSink};
-use crate::cms::search::SearchRequest;
+use crate::cms::search::{check_filter, SearchRequest};
 use crate::cms::watermark;
 use crate::config::{ConnectSettings, FetchLimits};
 use crate::connect::Delivery;
@@ -21,7 +21,7 @@ use crate::ports::{Platform, ResponseWriter};
 struct FetchRequest {
     search: SearchRequest,
     since_last: bool,
-    /// Answer with the merged CMS Bundle (else with the connect delivery result).
+    /// Answer with the merged CMS Bundle (else with the delivery to connect: empty with `push=false`).
     return_cms: bool,
     /// Also deliver to connect.
     push: bool,
@@ -36,8 +36,8 @@ impl FetchRequest {
 
 fn flag(value: &str, name: &str) -> Result<bool, Error> {
     match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
+        "true" => Ok(true),
+        "false" => Ok(false),
         _ => Err(Error::BadRequest(format!("`{name}` is `true` or `false`"))),
     }
 }
@@ -63,18 +63,16 @@ fn parse(
             }
             "return_cms" => return_cms = flag(&value, "return_cms")?,
             "push" => push = flag(&value, "push")?,
-            n if resource_type.filters().contains(&n) => filters.push((name, value)),
+            n if resource_type.filters().contains(&n) => {
+                check_filter(n, &value)?;
+                filters.push((name, value))
+            }
             _ => {
                 return Err(Error::BadRequest(format!(
                     "`{name}` is not a parameter of /bluebutton/fhir/{resource_type}"
                 )))
             }
         }
-    }
-    if !return_cms && !push {
-        return Err(Error::BadRequest(
-            "`return_cms=false` answers with the delivery to connect, so it needs `push`".into(),
-        ));
     }
     if since_last {
         filters.extend(watermark::since_filter(
