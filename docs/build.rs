@@ -3,7 +3,7 @@
 //! builds, no standalone preset), minus source-map comments: about 0.45 MB instead of the 4.3 MB of
 //! Swagger UI's `dist/`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The files served under /docs/, with their content types; `None` = taken from Swagger UI's `dist/`.
@@ -50,10 +50,15 @@ const INITIALIZER: &str = r##"window.onload = () => {
 };
 "##;
 
+/// Zopfli's gzip: about 5% smaller than zlib's best, which keeps the component under 1 MB.
 fn gzip(content: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(content).expect("in-memory gzip");
-    gz.finish().expect("in-memory gzip")
+    let mut out = Vec::new();
+    let options = zopfli::Options {
+        iteration_count: std::num::NonZeroU64::new(5).expect("not zero"),
+        ..zopfli::Options::default()
+    };
+    zopfli::compress(options, zopfli::Format::Gzip, content, &mut out).expect("in-memory gzip");
+    out
 }
 
 /// Writes `content` gzipped into OUT_DIR and returns the `Asset` that includes it.

@@ -88,6 +88,58 @@ pub const CONNECT_BATCH_BYTES: NumberSetting = NumberSetting {
     min: 10_000,
     max: 10_000_000,
 };
+pub const CONNECT_RATE_LIMIT: NumberSetting = NumberSetting {
+    name: "connect_rate_limit",
+    // connect's own default (slowapi, `CONNECT_RATE_LIMIT`): 10 requests a second per client.
+    default: 10,
+    min: 0,
+    max: 10_000,
+};
+
+pub const STATE_TTL_SECS: NumberSetting = NumberSetting {
+    name: "state_ttl_secs",
+    default: 600,
+    min: 60,
+    max: 3600,
+};
+pub const SESSION_IDLE_SECS: NumberSetting = NumberSetting {
+    name: "session_idle_secs",
+    default: 30 * DAY,
+    min: 60,
+    max: 400 * DAY,
+};
+pub const SESSION_MAX_SECS: NumberSetting = NumberSetting {
+    name: "session_max_secs",
+    // CMS's own grants last 13 months.
+    default: 396 * DAY,
+    min: 60,
+    max: 400 * DAY,
+};
+pub const RETENTION_DAYS: NumberSetting = NumberSetting {
+    name: "retention_days",
+    default: 30,
+    min: 1,
+    max: 3650,
+};
+
+const DAY: u64 = 86_400;
+
+/// When sessions end: unused for `idle_secs` (by their holder or the sync), or `max_secs` after they
+/// began — and never after CMS's grant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    pub idle_secs: i64,
+    pub max_secs: i64,
+}
+
+impl SessionLimits {
+    pub fn load(vars: &impl Variables) -> Result<SessionLimits, Error> {
+        Ok(SessionLimits {
+            idle_secs: SESSION_IDLE_SECS.load(vars)? as i64,
+            max_secs: SESSION_MAX_SECS.load(vars)? as i64,
+        })
+    }
+}
 
 /// The OAuth client settings that `authorize`, `callback` and `fhir-fetch` share.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,12 +200,24 @@ pub enum ConnectMode {
     Resource,
 }
 
+/// Whether resources are repaired before delivery (see [`crate::connect::repair`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Repair {
+    DataAbsentReason,
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnectSettings {
     pub url: String,
     /// The largest Bundle posted, in bytes of JSON.
     pub batch_bytes: usize,
     pub mode: ConnectMode,
+    /// Posts per second at most (0: unpaced).
+    pub rate_limit: u64,
+    pub repair: Repair,
+    /// How long dead letters are kept.
+    pub retention_days: u64,
 }
 
 impl ConnectSettings {
@@ -167,10 +231,22 @@ impl ConnectSettings {
                 )))
             }
         };
+        let repair = match optional(vars, "connect_repair")?.as_deref() {
+            None | Some("data-absent-reason") => Repair::DataAbsentReason,
+            Some("off") => Repair::Off,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`connect_repair` must be `data-absent-reason` or `off`, not `{other}`"
+                )))
+            }
+        };
         Ok(ConnectSettings {
             url: origin(vars, "connect_url")?,
             batch_bytes: CONNECT_BATCH_BYTES.load(vars)? as usize,
             mode,
+            rate_limit: CONNECT_RATE_LIMIT.load(vars)?,
+            repair,
+            retention_days: RETENTION_DAYS.load(vars)?,
         })
     }
 }

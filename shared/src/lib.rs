@@ -3,8 +3,9 @@
 //! in-memory fakes ([`testing`], feature `testing`).
 //!
 //! The layers, each importing only those before it:
-//! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`]: the ground everything stands on;
-//! - [`auth`]: the beneficiary's authorization, sessions and sealed tokens, and the admin key;
+//! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`], [`crypto`]: the ground;
+//! - [`store`]: sealed records with lifetimes, chunked blobs and ordered logs in the key-value store;
+//! - [`auth`]: the beneficiary's authorization, sessions and their tokens, and the admin key;
 //! - [`connect`]: delivery to LinuxForHealth connect, its outbox and dead letters;
 //! - [`cms`]: reading from CMS, every page, and the admin sync that hands it to connect;
 //! - [`http`]: requests, responses, problem documents, health and one handler per route;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod cms;
 pub mod config;
 pub mod connect;
+pub mod crypto;
 pub mod error;
 pub mod fhir;
 pub mod http;
@@ -24,6 +26,7 @@ pub mod ports;
 pub mod retry;
 #[cfg(feature = "spin")]
 pub mod spin;
+pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -15,13 +15,12 @@ use crate::cms::search::{CLAIM_TYPES_PATTERN, DATE_FILTER_PATTERN};
 use crate::cms::sync::SyncReport;
 use crate::connect::dead_letters::DeadLetter;
 use crate::connect::outbox::OutboxEntry;
-use crate::connect::replay::ReplayResult;
 use crate::connect::DeliveryResult;
 use crate::fhir::ResourceType;
 use crate::http::health::Health;
 use crate::http::problem::Problem;
 use crate::http::routes::callback::SessionGranted;
-use crate::http::routes::connect::Listing;
+use crate::http::routes::connect::{DeadLetterReplay, Listing};
 
 /// The language of CMS's pages.
 #[derive(ToSchema)]
@@ -293,26 +292,62 @@ fn deliver() {}
     ))]
 fn outbox() {}
 
-/// Deliver the outbox again; each batch leaves it only once connect confirms it.
+/// Deliver the outbox again, oldest first; each batch leaves it only once connect confirms it.
+/// (Every delivery and every sync does this first, too.)
 #[utoipa::path(post, path = "/bluebutton/connect/outbox/replay", tag = "connect",
     security(("admin_key" = [])),
     responses(
-        (status = 200, description = "The outbox is empty", body = ReplayResult),
-        (status = 202, description = "Some batches are still queued", body = ReplayResult),
+        (status = 200, description = "The outbox is empty", body = DeliveryResult),
+        (status = 202, description = "Some batches still wait: connect is unavailable", body = DeliveryResult),
         (status = 401, response = Problem),
         (status = 404, description = "Admin routes are disabled (no `admin_api_key`)", body = Problem, content_type = "application/problem+json"),
     ))]
 fn replay() {}
 
-/// Resources connect refused, with its answers (the resources are kept but not listed).
+/// Resources connect refused, with its answers (the resources are kept, sealed, but not listed).
 #[utoipa::path(get, path = "/bluebutton/connect/dead-letters", tag = "connect",
     security(("admin_key" = [])),
     responses(
-        (status = 200, description = "The dead letters", body = Listing<DeadLetter>),
+        (status = 200, description = "The dead letters, oldest first", body = Listing<DeadLetter>),
         (status = 401, response = Problem),
         (status = 404, description = "Admin routes are disabled (no `admin_api_key`)", body = Problem, content_type = "application/problem+json"),
     ))]
 fn dead_letters() {}
+
+/// Deliver every dead letter's resource again (repaired, if `connect_repair` is on now); each leaves
+/// the list once delivered, queued, or refused again as a new dead letter.
+#[utoipa::path(post, path = "/bluebutton/connect/dead-letters/replay", tag = "connect",
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Replayed", body = DeadLetterReplay),
+        (status = 202, description = "Replayed; some resources wait in the outbox", body = DeadLetterReplay),
+        (status = 401, response = Problem),
+        (status = 404, description = "Admin routes are disabled (no `admin_api_key`)", body = Problem, content_type = "application/problem+json"),
+    ))]
+fn replay_dead_letters() {}
+
+/// Deliver one dead letter's resource again.
+#[utoipa::path(post, path = "/bluebutton/connect/dead-letters/{id}/replay", tag = "connect",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses(
+        (status = 200, description = "Replayed", body = DeadLetterReplay),
+        (status = 202, description = "Replayed; the resource waits in the outbox", body = DeadLetterReplay),
+        (status = 401, response = Problem),
+        (status = 404, response = Problem),
+    ))]
+fn replay_dead_letter() {}
+
+/// Delete one dead letter (its resource too).
+#[utoipa::path(delete, path = "/bluebutton/connect/dead-letters/{id}", tag = "connect",
+    security(("admin_key" = [])),
+    params(("id" = String, Path, description = "The dead letter's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = Problem),
+        (status = 404, response = Problem),
+    ))]
+fn delete_dead_letter() {}
 
 /// Whether the deployment's settings are usable, and whether CMS and connect can be reached. Values are
 /// never shown.
@@ -375,6 +410,9 @@ impl Modify for Security {
         outbox,
         replay,
         dead_letters,
+        replay_dead_letters,
+        replay_dead_letter,
+        delete_dead_letter,
         health,
         openapi,
     ),

@@ -6,13 +6,27 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-/// Spin's key-value store: no TTL, no compare-and-swap; last write wins.
+/// Spin's key-value store: no TTL; plain writes are last-write-wins, and the two atomic operations of
+/// `wasi:keyvalue/atomics` (which Spin implements on SQLite and Redis) serve where that would lose
+/// updates. Keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`].
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every key: on Redis this is `KEYS *`, so no request path may call it.
     fn keys(&self) -> Result<Vec<String>, StoreError>;
+    /// Adds `delta` to the number at `key` (an absent key counts as 0) and returns the sum, atomically.
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
+    /// Replaces the value at `key` with `new` only if it is still exactly `expected`; `false` when
+    /// another writer changed it first. The key must exist (Spin's SQLite store turns a swap of an
+    /// absent key into a blind write), so only records with one creator are swapped.
+    fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError>;
 }
+
+/// The largest key the app writes (Spin documents 256 bytes; Fermyon Cloud enforces it).
+pub const MAX_KEY_BYTES: usize = 250;
+/// The largest value the app writes (Spin documents 1 MB; Fermyon Cloud enforces it).
+pub const MAX_VALUE_BYTES: usize = 1_000_000;
 
 /// Why the key-value store failed, as Spin's `key-value` interface tells it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -80,11 +80,15 @@ impl RequestBody for SpinBody {
     }
 }
 
+use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi_store};
+
 /// Spin's implementation of every port. The store opens lazily: routes that never touch it need no
-/// `key_value_stores` entry.
+/// `key_value_stores` entry. Plain reads and writes go through `fermyon:spin/key-value`; the atomics
+/// through `wasi:keyvalue`, which Spin serves from the same store.
 #[derive(Default)]
 pub struct SpinPlatform {
     store: std::cell::OnceCell<Result<spin_sdk::key_value::Store, StoreError>>,
+    bucket: std::cell::OnceCell<Result<wasi_store::Bucket, StoreError>>,
 }
 
 impl SpinPlatform {
@@ -97,6 +101,21 @@ impl SpinPlatform {
             .get_or_init(|| spin_sdk::key_value::Store::open_default().map_err(store_error))
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    fn bucket(&self) -> Result<&wasi_store::Bucket, StoreError> {
+        self.bucket
+            .get_or_init(|| wasi_store::open("default").map_err(wasi_error))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn wasi_error(err: wasi_store::Error) -> StoreError {
+    match err {
+        wasi_store::Error::NoSuchStore => StoreError::NoSuchStore,
+        wasi_store::Error::AccessDenied => StoreError::AccessDenied,
+        wasi_store::Error::Other(why) => StoreError::Backend(why),
     }
 }
 
@@ -122,6 +141,22 @@ impl KeyValue for SpinPlatform {
     }
     fn keys(&self) -> Result<Vec<String>, StoreError> {
         self.store()?.get_keys().map_err(store_error)
+    }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        atomics::increment(self.bucket()?, key, delta).map_err(wasi_error)
+    }
+    fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let cas = atomics::Cas::new(self.bucket()?, key).map_err(wasi_error)?;
+        if cas.current().map_err(wasi_error)?.as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        match atomics::swap(cas, new) {
+            Ok(()) => {}
+            Err(atomics::CasError::CasFailed(_)) => return Ok(false),
+            Err(atomics::CasError::StoreError(e)) => return Err(wasi_error(e)),
+        }
+        // Spin's Redis store can report an aborted transaction as done: believe only what is stored.
+        Ok(self.get(key)?.as_deref() == Some(new))
     }
 }
 

@@ -96,6 +96,31 @@ impl KeyValue for FakePlatform {
         self.check_store()?;
         Ok(self.store.borrow().keys().cloned().collect())
     }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        self.check_store()?;
+        let mut store = self.store.borrow_mut();
+        let current = match store.get(key) {
+            None => 0,
+            Some(bytes) => i64::from_le_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Backend(format!("`{key}` does not hold a number")))?,
+            ),
+        };
+        let sum = current + delta;
+        store.insert(key.to_string(), sum.to_le_bytes().to_vec());
+        Ok(sum)
+    }
+    fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        self.check_store()?;
+        let mut store = self.store.borrow_mut();
+        if store.get(key).map(Vec::as_slice) != Some(expected) {
+            return Ok(false);
+        }
+        store.insert(key.to_string(), new.to_vec());
+        Ok(true)
+    }
 }
 
 impl HttpClient for FakePlatform {
@@ -103,6 +128,8 @@ impl HttpClient for FakePlatform {
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        // A network call suspends its caller: concurrent requests interleave here, as they would.
+        YieldOnce(false).await;
         let result = match self.handler.borrow().as_ref() {
             Some(handler) => handler(&request),
             None => Err(HttpError::Connection("no upstream in this test".into())),
@@ -112,12 +139,32 @@ impl HttpClient for FakePlatform {
     }
 }
 
+/// Pending once, then ready: lets the executor run the other futures in between.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
 impl Clock for FakePlatform {
     fn now(&self) -> OffsetDateTime {
         self.now.get()
     }
     async fn sleep(&self, duration: Duration) {
         self.advance(duration);
+        YieldOnce(false).await;
     }
 }
 

@@ -254,7 +254,12 @@ fn denied_consent_is_403_and_consumes_the_state() {
         .as_str()
         .unwrap()
         .contains("declined"));
-    assert!(p.keys().unwrap().is_empty(), "state consumed");
+    let left = p.keys().unwrap();
+    assert!(
+        left.iter()
+            .all(|k| k.starts_with("states:n") || k.starts_with("states:head")),
+        "state consumed: {left:?}"
+    );
     assert!(p.sent.borrow().is_empty());
 }
 
@@ -291,17 +296,32 @@ fn cms_refusals_and_outages_map_to_clear_gateway_errors() {
 }
 
 #[test]
-fn a_bad_token_key_is_a_clear_500_without_burning_the_state() {
+fn a_bad_token_key_is_a_clear_500_before_any_state_is_made() {
     let p = platform().with_var("token_key", "too-short");
-    let cms = install_cms(&p, 3600);
-    let callback = authorize(&p, &cms);
-    let resp = serve(&p, Callback, get(&callback));
+    let resp = serve(&p, Authorize, get("/bluebutton/authorize"));
     assert_eq!(resp.status(), 500);
     assert!(json_body(&resp)["detail"]
         .as_str()
         .unwrap()
         .contains("token_key"));
-    assert_eq!(p.keys().unwrap().len(), 1, "the state is still usable");
+    assert!(p.keys().unwrap().is_empty(), "nothing stored");
+}
+
+#[test]
+fn a_missing_client_secret_is_a_clear_500_without_burning_the_state() {
+    let mut p = platform();
+    let cms = install_cms(&p, 3600);
+    let callback = authorize(&p, &cms);
+    p.vars.remove("cms_client_secret");
+    let resp = serve(&p, Callback, get(&callback));
+    assert_eq!(resp.status(), 500);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("cms_client_secret"));
+    let p = p.with_var("cms_client_secret", "secret456");
+    let resp = serve(&p, Callback, get(&callback));
+    assert_eq!(resp.status(), 200, "the state was still usable");
 }
 
 fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
@@ -335,39 +355,54 @@ fn tokens_are_refreshed_early_and_rotation_is_persisted() {
 }
 
 #[test]
-fn a_concurrent_refresh_that_lost_the_race_uses_the_winners_tokens() {
+fn a_request_that_read_the_session_before_a_refresh_uses_the_new_tokens() {
     let p = platform();
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     p.advance(Duration::from_secs(3600 - 30));
 
-    let key = shared::auth::crypto::TokenKey::parse(KEY).unwrap();
     let ctx = shared::auth::tokens::TokenContext::load(&p).unwrap();
+    let vault = shared::store::Vault::new(&p, &ctx.key);
     // Two requests read the same session before either refreshes.
-    let mut first = shared::auth::session::authenticate(&p, &key, Some(&session)).unwrap();
-    let mut second = shared::auth::session::authenticate(&p, &key, Some(&session)).unwrap();
-    let a = block_on(shared::auth::tokens::access_token(
-        &p, &ctx, &mut first, false,
-    ))
-    .unwrap();
-    let b = block_on(shared::auth::tokens::access_token(
-        &p,
-        &ctx,
-        &mut second,
-        false,
-    ))
-    .unwrap();
-    assert_eq!(a, "access-2");
+    let authenticate =
+        || shared::auth::session::authenticate(&vault, &ctx.limits, Some(&session)).unwrap();
+    let (mut first, mut second) = (authenticate(), authenticate());
+    let access = |s| block_on(shared::auth::tokens::access_token(&vault, &ctx, s, None)).unwrap();
+    assert_eq!(access(&mut first), "access-2");
     assert_eq!(
-        b, "access-2",
-        "the loser re-read the store instead of failing"
+        access(&mut second),
+        "access-2",
+        "the other read the store, not CMS"
     );
-    assert_eq!(
-        cms.borrow().refreshes,
-        2,
-        "the loser's refresh was refused by CMS"
-    );
+    assert_eq!(cms.borrow().refreshes, 1);
     assert_eq!(fhir(&p, &session).status(), 200);
+}
+
+#[test]
+fn eight_concurrent_requests_after_expiry_refresh_once() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    p.advance(Duration::from_secs(3600 - 30));
+    let requests = (0..8).map(|_| {
+        let req = http::Request::get("/bluebutton/fhir/Patient?push=false")
+            .header("spin-path-info", "/Patient")
+            .header("Authorization", format!("Bearer {session}"))
+            .body(Vec::new())
+            .unwrap();
+        let (head, body) = req.into_parts();
+        let writer = CaptureWriter::default();
+        let done = writer.clone();
+        let p = &p;
+        async move {
+            shared::http::routes::handle(FhirFetch, p, head, body, writer).await;
+            let status = done.0.borrow().status;
+            status
+        }
+    });
+    let statuses = block_on(futures::future::join_all(requests));
+    assert_eq!(statuses, [200; 8]);
+    assert_eq!(cms.borrow().refreshes, 1, "one refresh for all eight");
 }
 
 #[test]

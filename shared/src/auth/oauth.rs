@@ -1,5 +1,5 @@
-//! The beneficiary's authorization: a single-use, expiring `state` paired with a PKCE S256 verifier, and
-//! the CMS authorize URL built from them.
+//! The OAuth conversation with CMS: the authorize URL (with the PKCE S256 challenge and a state from
+//! [`crate::auth::state`]), the code exchange, refresh and revocation.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,32 +10,14 @@ use url::Url;
 use crate::auth::session::TokenSet;
 use crate::config::OAuthClient;
 use crate::error::Error;
-use crate::keys;
-use crate::ports::{Clock, HttpError, KeyValue, Platform, Random};
+use crate::ports::{Clock, HttpError, Platform, Random};
 use crate::retry::{self, RetryPolicy};
-
-/// How long a beneficiary has to log in and consent at CMS.
-pub const STATE_TTL_SECS: i64 = 600;
-
-/// What `authorize` keeps under `state:{state}` for `callback`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingAuthorization {
-    pub verifier: String,
-    pub created_at: i64,
-    pub return_to: Option<String>,
-}
 
 /// Where to send the beneficiary (for API clients that ask for JSON instead of a redirect).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuthorizationStart {
     pub authorization_url: String,
     pub expires_in: i64,
-}
-
-fn random_token(random: &impl Random, bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    random.fill(&mut buf);
-    URL_SAFE_NO_PAD.encode(buf)
 }
 
 /// The characters a path segment may hold unencoded (RFC 3986 `pchar`, with `%` for escapes).
@@ -64,13 +46,8 @@ pub fn is_local_path(target: &str) -> bool {
         })
 }
 
-/// Creates and stores a state and PKCE verifier, and returns where to send the beneficiary.
-pub fn begin<P: KeyValue + Clock + Random>(
-    platform: &P,
-    client: &OAuthClient,
-    lang: Option<&str>,
-    return_to: Option<&str>,
-) -> Result<AuthorizationStart, Error> {
+/// Checks what the caller asked for, before anything is stored.
+pub fn check_request(lang: Option<&str>, return_to: Option<&str>) -> Result<(), Error> {
     if let Some(lang) = lang {
         if !matches!(lang, "en" | "es") {
             return Err(Error::BadRequest(
@@ -85,20 +62,27 @@ pub fn begin<P: KeyValue + Clock + Random>(
             ));
         }
     }
-    // 32 random bytes: a 43-character state (CMS needs ≥ 16) and, from 64 more, an 86-character verifier
-    // (RFC 7636 allows 43–128 of the unreserved set, which base64url is).
-    let state = CsrfToken::new(random_token(platform, 32));
-    let verifier = PkceCodeVerifier::new(random_token(platform, 64));
-    let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+    Ok(())
+}
 
-    let pending = PendingAuthorization {
-        verifier: verifier.secret().clone(),
-        created_at: platform.now().unix_timestamp(),
-        return_to: return_to.map(str::to_string),
-    };
-    let value = serde_json::to_vec(&pending).expect("serializable");
-    platform.set(&keys::state(state.secret()), &value)?;
+/// A fresh PKCE S256 verifier: 64 random bytes, an 86-character verifier (RFC 7636 allows 43–128
+/// characters of the unreserved set, which base64url is).
+pub fn new_verifier(random: &impl Random) -> String {
+    let mut bytes = [0u8; 64];
+    random.fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
 
+/// CMS's authorize URL for a stored state and its verifier's challenge.
+pub fn authorize_url(
+    client: &OAuthClient,
+    state: &str,
+    verifier: &str,
+    lang: Option<&str>,
+) -> Result<String, Error> {
+    let challenge =
+        PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.to_string()));
+    let state = CsrfToken::new(state.to_string());
     let mut url = Url::parse(&format!("{}/v2/o/authorize/", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form a URL: {e}")))?;
     {
@@ -117,37 +101,7 @@ pub fn begin<P: KeyValue + Clock + Random>(
             query.append_pair("lang", lang);
         }
     }
-    Ok(AuthorizationStart {
-        authorization_url: url.into(),
-        expires_in: STATE_TTL_SECS,
-    })
-}
-
-/// Takes a state back, once: it is deleted whatever happens next, so a replay fails.
-pub fn take_state<P: KeyValue + Clock>(
-    platform: &P,
-    state: Option<&str>,
-) -> Result<PendingAuthorization, Error> {
-    let state = state
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::BadRequest("the `state` parameter is missing".into()))?;
-    let key = keys::state(state);
-    let stored = platform.get(&key)?;
-    // A state this server did not issue, or issued and saw used, is refused as forged or replayed.
-    let Some(stored) = stored else {
-        return Err(Error::Forbidden(
-            "unknown or already used `state`: start again at /bluebutton/authorize".into(),
-        ));
-    };
-    platform.delete(&key)?;
-    let pending: PendingAuthorization = serde_json::from_slice(&stored)
-        .map_err(|_| Error::BadRequest("unreadable `state` record".into()))?;
-    if platform.now().unix_timestamp() - pending.created_at > STATE_TTL_SECS {
-        return Err(Error::Forbidden(
-            "the `state` expired (10 minutes): start again at /bluebutton/authorize".into(),
-        ));
-    }
-    Ok(pending)
+    Ok(url.into())
 }
 
 /// CMS's extra token response fields.
@@ -190,6 +144,7 @@ fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
 /// Turns an oauth2 failure into our error: CMS's refusal → 502 naming CMS's `error`, silence → 504.
 fn token_error(
     what: &str,
+    status: u16,
     err: oauth2::RequestTokenError<
         HttpError,
         oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
@@ -197,7 +152,10 @@ fn token_error(
 ) -> TokenFailure {
     use oauth2::RequestTokenError as E;
     match err {
-        E::ServerResponse(resp) => TokenFailure::Refused(resp.error().as_ref().to_string()),
+        E::ServerResponse(resp) => TokenFailure::Refused {
+            error: resp.error().as_ref().to_string(),
+            status,
+        },
         E::Request(HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(format!(
             "CMS's token endpoint did not answer the {what} in time"
         ))),
@@ -214,18 +172,54 @@ fn token_error(
     }
 }
 
-/// Why a token request failed: CMS said no (its OAuth `error` code), or the call itself failed.
+/// Why a token request failed: CMS said no (its OAuth `error` code and HTTP status), or the call
+/// itself failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenFailure {
-    Refused(String),
+    Refused { error: String, status: u16 },
     Failed(Error),
 }
 
+impl TokenFailure {
+    /// What a refused refresh means for the session: its grant is gone (authorize again), or CMS
+    /// refuses this app's own credentials (an operator's problem, not the beneficiary's).
+    pub fn into_refresh_error(self) -> Error {
+        match self {
+            // A ONE_TIME grant answers 403 `invalid_client` to any refresh: that grant is over.
+            TokenFailure::Refused { error, status }
+                if error != "invalid_client" || status == 403 =>
+            {
+                Error::Unauthorized(format!(
+                    "CMS no longer accepts this session's grant (`{error}`): authorize again at \
+                     /bluebutton/authorize"
+                ))
+            }
+            TokenFailure::Refused { error, status } => Error::BadGateway(format!(
+                "CMS refused this app's client credentials ({status} `{error}`): check \
+                 `cms_client_id` and `cms_client_secret`"
+            )),
+            TokenFailure::Failed(err) => err,
+        }
+    }
+}
+
+/// Retries the token endpoint within a short deadline: a session waiting on a refresh waits for this.
+const TOKEN_RETRIES: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    base_delay: std::time::Duration::from_millis(200),
+    max_delay: std::time::Duration::from_secs(2),
+    deadline: std::time::Duration::from_secs(15),
+};
+
 async fn token_http<P: Platform>(
     platform: &P,
+    status: &std::cell::Cell<u16>,
     request: oauth2::HttpRequest,
 ) -> Result<oauth2::HttpResponse, HttpError> {
-    let retried = retry::send(platform, &request, &RetryPolicy::default()).await;
+    let retried = retry::send(platform, &request, &TOKEN_RETRIES).await;
+    if let Ok(resp) = &retried.result {
+        status.set(resp.status().as_u16());
+    }
     retried.result
 }
 
@@ -274,14 +268,15 @@ pub async fn exchange_code<P: Platform>(
     code: &str,
     verifier: String,
 ) -> Result<TokenSet, TokenFailure> {
-    let http = |req| token_http(platform, req);
+    let status = std::cell::Cell::new(0);
+    let http = |req| token_http(platform, &status, req);
     let resp = cms_client(client, secret)
         .map_err(TokenFailure::Failed)?
         .exchange_code(oauth2::AuthorizationCode::new(code.to_string()))
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
         .request_async(&http)
         .await
-        .map_err(|e| token_error("code exchange", e))?;
+        .map_err(|e| token_error("code exchange", status.get(), e))?;
     token_set(platform, resp, None).map_err(TokenFailure::Failed)
 }
 
@@ -295,15 +290,19 @@ pub async fn refresh<P: Platform>(
     let refresh_token = current
         .refresh_token
         .clone()
-        .ok_or_else(|| TokenFailure::Refused("invalid_grant".into()))?;
-    let http = |req| token_http(platform, req);
+        .ok_or_else(|| TokenFailure::Refused {
+            error: "invalid_grant".into(),
+            status: 0,
+        })?;
+    let status = std::cell::Cell::new(0);
+    let http = |req| token_http(platform, &status, req);
     let token = oauth2::RefreshToken::new(refresh_token);
     let resp = cms_client(client, secret)
         .map_err(TokenFailure::Failed)?
         .exchange_refresh_token(&token)
         .request_async(&http)
         .await
-        .map_err(|e| token_error("token refresh", e))?;
+        .map_err(|e| token_error("token refresh", status.get(), e))?;
     token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
 }
 
@@ -347,7 +346,6 @@ mod tests {
     use super::*;
     use crate::testing::FakePlatform;
     use sha2::{Digest, Sha256};
-    use std::time::Duration;
 
     fn client() -> OAuthClient {
         OAuthClient {
@@ -369,54 +367,26 @@ mod tests {
     #[test]
     fn authorize_url_carries_every_parameter_encoded() {
         let p = FakePlatform::new();
-        let start = begin(&p, &client(), Some("es"), None).unwrap();
-        assert!(start
-            .authorization_url
+        let verifier = new_verifier(&p);
+        let url =
+            authorize_url(&client(), "a-state-of-at-least-16", &verifier, Some("es")).unwrap();
+        assert!(url
             .starts_with("https://sandbox.bluebutton.cms.gov/v2/o/authorize/?response_type=code&"));
-        assert!(start.authorization_url.contains("client_id=client+id%26x"));
-        assert!(start.authorization_url.contains(
+        assert!(url.contains("client_id=client+id%26x"));
+        assert!(url.contains(
             "redirect_uri=http%3A%2F%2F127.0.0.1%3A3000%2Fbluebutton%2Fcallback%3Fa%3Db"
         ));
-        let q = params(&start.authorization_url);
+        let q = params(&url);
         assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(
+            q["code_challenge"],
+            URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+        );
         assert_eq!(q["scope"], "patient/Patient.rs openid");
         assert_eq!(q["lang"], "es");
-        assert!(q["state"].len() >= 32);
-        assert_eq!(start.expires_in, 600);
-    }
-
-    #[test]
-    fn verifier_is_stored_and_matches_the_challenge() {
-        let p = FakePlatform::new();
-        let start = begin(&p, &client(), None, Some("/done")).unwrap();
-        let q = params(&start.authorization_url);
-        let pending = take_state(&p, Some(&q["state"])).unwrap();
-        assert!((43..=128).contains(&pending.verifier.len()));
-        assert!(pending
-            .verifier
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c)));
-        let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(pending.verifier.as_bytes()));
-        assert_eq!(q["code_challenge"], digest);
-        assert_eq!(pending.return_to.as_deref(), Some("/done"));
-        assert!(!q.contains_key("lang"));
-    }
-
-    #[test]
-    fn states_are_single_use_and_expire() {
-        let p = FakePlatform::new();
-        let first = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
-        let second = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
-        assert_ne!(first["state"], second["state"]);
-        assert!(take_state(&p, Some(&first["state"])).is_ok());
-        let replay = take_state(&p, Some(&first["state"])).unwrap_err();
-        assert_eq!(replay.status(), 403);
-        p.advance(Duration::from_secs(601));
-        let expired = take_state(&p, Some(&second["state"])).unwrap_err();
-        assert!(expired.to_string().contains("expired"));
-        assert!(p.keys().unwrap().is_empty(), "expired state is removed too");
-        assert!(take_state(&p, None).is_err());
-        assert!(take_state(&p, Some("forged-state-value-xxxxxxxxxxxx")).is_err());
+        assert_eq!(q["state"], "a-state-of-at-least-16");
+        let url = authorize_url(&client(), "s", &verifier, None).unwrap();
+        assert!(!params(&url).contains_key("lang"));
     }
 
     #[test]
@@ -462,13 +432,18 @@ mod tests {
 
     #[test]
     fn bad_lang_and_foreign_return_to_are_refused() {
-        let p = FakePlatform::new();
-        assert!(begin(&p, &client(), Some("fr"), None).is_err());
-        assert!(begin(&p, &client(), None, Some("https://evil.example")).is_err());
-        assert!(begin(&p, &client(), None, Some("//evil.example")).is_err());
-        assert!(begin(&p, &client(), None, Some("/\t/evil.example")).is_err());
-        assert!(begin(&p, &client(), None, Some("/a//evil.example")).is_err());
-        assert!(begin(&p, &client(), None, Some("/a\\b")).is_err());
-        assert!(p.keys().unwrap().is_empty());
+        assert!(check_request(Some("fr"), None).is_err());
+        assert!(check_request(Some(""), None).is_err());
+        for target in [
+            "https://evil.example",
+            "//evil.example",
+            "/\t/evil.example",
+            "/a//evil.example",
+            "/a\\b",
+            "",
+        ] {
+            assert!(check_request(None, Some(target)).is_err(), "{target:?}");
+        }
+        assert!(check_request(Some("es"), Some("/app")).is_ok());
     }
 }

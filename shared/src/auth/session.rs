@@ -1,15 +1,17 @@
-//! Callers hold an opaque session; the store keeps only its SHA-256, next to the CMS token set sealed under
-//! `token_key`. A session reaches only the patient CMS named when the beneficiary consented.
+//! Callers hold an opaque session; the store keys it by a keyed hash of the bearer value, next to the CMS
+//! token set — all of it sealed under `token_key`, the patient included. A session reaches only the
+//! patient CMS named at consent, and it ends: after `session_idle_secs` unused (by its holder or the
+//! sync), after `session_max_secs`, and never later than CMS's own grant.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::auth::crypto::{hex, Sealed, TokenKey};
+use crate::config::SessionLimits;
 use crate::error::Error;
-use crate::keys;
-use crate::ports::{Clock, KeyValue, Random};
+use crate::keys::{self, logs};
+use crate::store::log::Log;
+use crate::store::{Backing, Lifetime, RecordError, Vault, Versioned};
 
 /// What CMS granted. Never leaves the server, never logged (Debug hides the secrets).
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -28,129 +30,190 @@ impl std::fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
-            .field("patient", &self.patient)
             .finish_non_exhaustive()
     }
 }
 
-/// `session:{sha256(session)}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A session as stored, sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub patient: String,
-    pub scope: String,
+    pub tokens: TokenSet,
     pub created_at: i64,
     pub refreshed_at: i64,
-    pub tokens: Sealed,
+    /// Set while one request refreshes the tokens: the others wait for its result instead of spending
+    /// the same single-use refresh token.
+    pub refreshing: Option<Refreshing>,
+    /// Its entry in the `sessions` log.
+    slot: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refreshing {
+    /// Past this (Unix seconds) the claim is abandoned and another request may take it over.
+    pub until: i64,
+    pub by: String,
+}
+
+/// A `sessions` log entry.
+#[derive(Serialize, Deserialize)]
+struct SessionEntry {
+    hidden: String,
 }
 
 /// A caller's session, authenticated.
 #[derive(Debug, Clone)]
 pub struct Session {
-    pub hash: String,
-    pub record: SessionRecord,
-    pub tokens: TokenSet,
+    pub hidden: String,
+    pub record: Versioned<SessionRecord>,
 }
 
-pub fn session_hash(session: &str) -> String {
-    hex(&Sha256::digest(session.as_bytes()))
+impl Session {
+    pub fn key(&self) -> String {
+        keys::session(&self.hidden)
+    }
+
+    pub fn tokens(&self) -> &TokenSet {
+        &self.record.value.tokens
+    }
+
+    pub fn patient(&self) -> &str {
+        &self.record.value.tokens.patient
+    }
+
+    /// Whether the beneficiary let this app search their `resource_type` (`patient/{Type}.read`, `.s`
+    /// or `.rs`); a type un-ticked at consent answers 403 at CMS.
+    pub fn may_search(&self, resource_type: crate::fhir::ResourceType) -> bool {
+        let prefix = format!("patient/{resource_type}.");
+        self.tokens()
+            .scope
+            .split_whitespace()
+            .filter_map(|s| s.strip_prefix(&prefix))
+            .any(|access| matches!(access, "read" | "s" | "rs"))
+    }
+
+    /// A `patient` parameter, when given, must name this session's patient.
+    pub fn check_patient(&self, requested: Option<&str>) -> Result<(), Error> {
+        let own = self.patient();
+        match requested {
+            Some(p) if p != own && p != format!("Patient/{own}") => Err(Error::Forbidden(format!(
+                "this session reaches only its own patient; `patient` {p} is not it"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn unknown() -> Error {
+    Error::Unauthorized("unknown, ended or expired session: authorize again".into())
+}
+
+fn unreadable(err: RecordError) -> Error {
+    match err {
+        RecordError::Store(e) => Error::Store(e),
+        other => Error::Unauthorized(format!("{other}; authorize again")),
+    }
+}
+
+/// When a session made now for `tokens` must end: its maximum age, or CMS's grant, whichever is first.
+fn end_of(limits: &SessionLimits, now: i64, tokens: &TokenSet) -> i64 {
+    let max = now + limits.max_secs;
+    let grant = tokens
+        .access_grant_expiration
+        .as_deref()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| t.unix_timestamp());
+    grant.map_or(max, |grant| grant.min(max))
 }
 
 /// Stores a new session for `tokens` and returns the bearer value to hand to the caller (once).
-pub fn create<P: KeyValue + Clock + Random>(
-    platform: &P,
-    key: &TokenKey,
+pub fn create<P: Backing>(
+    vault: &Vault<'_, P>,
+    limits: &SessionLimits,
     tokens: &TokenSet,
 ) -> Result<String, Error> {
     let mut raw = [0u8; 32];
-    platform.fill(&mut raw);
-    let session = URL_SAFE_NO_PAD.encode(raw);
-    let hash = session_hash(&session);
-    let now = platform.now().unix_timestamp();
+    vault.platform.fill(&mut raw);
+    let bearer = URL_SAFE_NO_PAD.encode(raw);
+    let hidden = vault.hide("session", &bearer);
+    let now = vault.now();
+    let log = Log::new(vault, logs::SESSIONS);
+    let slot = log.append()?;
     let record = SessionRecord {
-        patient: tokens.patient.clone(),
-        scope: tokens.scope.clone(),
+        tokens: tokens.clone(),
         created_at: now,
         refreshed_at: now,
-        tokens: seal_tokens(platform, key, &hash, tokens),
+        refreshing: None,
+        slot,
     };
-    store_record(platform, &hash, &record)?;
-    let list_key = keys::patient_sessions(&tokens.patient);
-    let mut hashes = read_list(platform, &list_key)?;
-    hashes.push(hash);
-    platform.set(
-        &list_key,
-        &serde_json::to_vec(&hashes).expect("serializable"),
+    let lifetime = Lifetime::Until(end_of(limits, now, tokens));
+    vault.put(&keys::session(&hidden), &record, lifetime)?;
+    vault.put(
+        &log.key(slot),
+        &SessionEntry {
+            hidden: hidden.clone(),
+        },
+        Lifetime::Forever,
     )?;
-    Ok(session)
+    touch(vault, &hidden)?;
+    Ok(bearer)
 }
 
-pub fn seal_tokens(random: &impl Random, key: &TokenKey, hash: &str, tokens: &TokenSet) -> Sealed {
-    let plain = serde_json::to_vec(tokens).expect("serializable");
-    key.seal(random, &plain, keys::session(hash).as_bytes())
+/// The session stored under `hidden`, if it is still live.
+fn load<P: Backing>(vault: &Vault<'_, P>, hidden: &str) -> Result<Option<Session>, Error> {
+    Ok(vault
+        .get_versioned::<SessionRecord>(&keys::session(hidden))
+        .map_err(unreadable)?
+        .map(|record| Session {
+            hidden: hidden.to_string(),
+            record,
+        }))
 }
 
-pub fn store_record(
-    platform: &impl KeyValue,
-    hash: &str,
-    record: &SessionRecord,
-) -> Result<(), Error> {
-    platform.set(
-        &keys::session(hash),
-        &serde_json::to_vec(record).expect("serializable"),
+/// The session as the store holds it now (another request may have refreshed it).
+pub fn reload<P: Backing>(vault: &Vault<'_, P>, session: &Session) -> Result<Session, Error> {
+    load(vault, &session.hidden)?.ok_or_else(unknown)
+}
+
+/// Records that the session was used now (at most once a minute: touching is a write).
+fn touch<P: Backing>(vault: &Vault<'_, P>, hidden: &str) -> Result<(), Error> {
+    vault.platform.set(
+        &keys::session_seen(hidden),
+        vault.now().to_string().as_bytes(),
     )?;
     Ok(())
 }
 
-fn read_list(platform: &impl KeyValue, key: &str) -> Result<Vec<String>, Error> {
-    Ok(platform
-        .get(key)?
-        .and_then(|v| serde_json::from_slice(&v).ok())
-        .unwrap_or_default())
+fn last_seen<P: Backing>(vault: &Vault<'_, P>, hidden: &str) -> Result<Option<i64>, Error> {
+    Ok(vault
+        .platform
+        .get(&keys::session_seen(hidden))?
+        .and_then(|v| String::from_utf8(v).ok()?.parse().ok()))
 }
 
-/// The sessions of a patient (for the admin sync).
-pub fn sessions_of(platform: &impl KeyValue, patient: &str) -> Result<Vec<String>, Error> {
-    read_list(platform, &keys::patient_sessions(patient))
-}
-
-/// Every patient with at least one session (for the admin sync).
-pub fn patients(platform: &impl KeyValue) -> Result<Vec<String>, Error> {
-    let mut patients: Vec<String> = platform
-        .keys()?
-        .into_iter()
-        .filter_map(|k| keys::patient_of_sessions_key(&k).map(str::to_string))
-        .collect();
-    patients.sort();
-    Ok(patients)
-}
-
-/// Reads a session by its hash and opens its tokens.
-pub fn load(platform: &impl KeyValue, key: &TokenKey, hash: &str) -> Result<Session, Error> {
-    let stored = platform
-        .get(&keys::session(hash))?
-        .ok_or_else(|| Error::Unauthorized("unknown or revoked session".into()))?;
-    let record: SessionRecord = serde_json::from_slice(&stored)
-        .map_err(|_| Error::Unauthorized("unreadable session record; authorize again".into()))?;
-    let plain = key
-        .open(&record.tokens, keys::session(hash).as_bytes())
-        .map_err(|why| {
-            Error::Unauthorized(format!(
-                "this session's tokens cannot be opened: {why}; authorize again"
-            ))
-        })?;
-    let tokens: TokenSet = serde_json::from_slice(&plain)
-        .map_err(|_| Error::Unauthorized("unreadable session tokens; authorize again".into()))?;
-    Ok(Session {
-        hash: hash.to_string(),
-        record,
-        tokens,
-    })
+/// Ends the session if it sat unused too long; else notes the use.
+fn use_or_expire<P: Backing>(
+    vault: &Vault<'_, P>,
+    limits: &SessionLimits,
+    session: &Session,
+) -> Result<bool, Error> {
+    let now = vault.now();
+    let seen = last_seen(vault, &session.hidden)?.unwrap_or(session.record.value.created_at);
+    if now - seen > limits.idle_secs {
+        end(vault, session)?;
+        return Ok(false);
+    }
+    if now - seen >= 60 {
+        touch(vault, &session.hidden)?;
+    }
+    Ok(true)
 }
 
 /// Authenticates `Authorization: Bearer <session>`.
-pub fn authenticate(
-    platform: &impl KeyValue,
-    key: &TokenKey,
+pub fn authenticate<P: Backing>(
+    vault: &Vault<'_, P>,
+    limits: &SessionLimits,
     bearer: Option<&str>,
 ) -> Result<Session, Error> {
     let bearer = bearer.ok_or_else(|| {
@@ -159,48 +222,118 @@ pub fn authenticate(
                 .into(),
         )
     })?;
-    load(platform, key, &session_hash(bearer))
+    let session = load(vault, &vault.hide("session", bearer))?.ok_or_else(unknown)?;
+    if !use_or_expire(vault, limits, &session)? {
+        return Err(Error::Unauthorized(format!(
+            "this session was unused for more than {} seconds and has ended: authorize again",
+            limits.idle_secs
+        )));
+    }
+    Ok(session)
 }
 
-/// Removes a session (and its entry in the patient's list).
-pub fn delete(platform: &impl KeyValue, session: &Session) -> Result<(), Error> {
-    platform.delete(&keys::session(&session.hash))?;
-    let list_key = keys::patient_sessions(&session.record.patient);
-    let hashes: Vec<String> = read_list(platform, &list_key)?
-        .into_iter()
-        .filter(|h| h != &session.hash)
-        .collect();
-    if hashes.is_empty() {
-        platform.delete(&list_key)?;
-    } else {
-        platform.set(
-            &list_key,
-            &serde_json::to_vec(&hashes).expect("serializable"),
-        )?;
-    }
+/// Notes a use by the admin sync: a patient the sync keeps current keeps their session.
+pub fn note_use<P: Backing>(vault: &Vault<'_, P>, session: &Session) -> Result<(), Error> {
+    touch(vault, &session.hidden)
+}
+
+/// Ends a session: its record, its idle clock and its log entry.
+pub fn end<P: Backing>(vault: &Vault<'_, P>, session: &Session) -> Result<(), Error> {
+    vault.delete(&session.key())?;
+    vault.delete(&keys::session_seen(&session.hidden))?;
+    vault.delete(&Log::new(vault, logs::SESSIONS).key(session.record.value.slot))?;
     Ok(())
 }
 
-impl Session {
-    /// A `patient` parameter, when given, must name this session's patient.
-    pub fn check_patient(&self, requested: Option<&str>) -> Result<(), Error> {
-        match requested {
-            Some(p)
-                if p != self.record.patient && p != format!("Patient/{}", self.record.patient) =>
-            {
-                Err(Error::Forbidden(format!(
-                    "this session reaches only its own patient; `patient` {p} is not it"
-                )))
+/// Stores the record as it now is (after a refresh, say), keeping its lifetime.
+pub fn store<P: Backing>(
+    vault: &Vault<'_, P>,
+    session: &Session,
+    record: &SessionRecord,
+) -> Result<(), Error> {
+    vault.put(&session.key(), record, session.record.lifetime)
+}
+
+/// Swaps the record only if nobody changed it since `session` was read.
+pub fn swap<P: Backing>(
+    vault: &Vault<'_, P>,
+    session: &Session,
+    record: &SessionRecord,
+) -> Result<bool, Error> {
+    vault.swap(
+        &session.key(),
+        &session.record,
+        record,
+        session.record.lifetime,
+    )
+}
+
+/// The newest live session of every patient, for the admin sync. On the way it removes what has ended
+/// (expired, idle, or its log entry left behind), up to `sweep_limit` removals.
+pub fn newest_by_patient<P: Backing>(
+    vault: &Vault<'_, P>,
+    limits: &SessionLimits,
+) -> Result<std::collections::BTreeMap<String, Session>, Error> {
+    let log = Log::new(vault, logs::SESSIONS);
+    let span = log.span()?;
+    let mut newest = std::collections::BTreeMap::<String, Session>::new();
+    let mut head = span.start;
+    let mut contiguous = true;
+    for slot in span.clone() {
+        let entry_key = log.key(slot);
+        let live = match vault.get::<SessionEntry>(&entry_key).map_err(unreadable)? {
+            None => None,
+            Some(entry) => match load(vault, &entry.hidden)? {
+                Some(session) if use_or_expire_quietly(vault, limits, &session)? => Some(session),
+                Some(_) => None,
+                // Its record expired: what was left beside it goes too.
+                None => {
+                    vault.delete(&keys::session_seen(&entry.hidden))?;
+                    vault.delete(&entry_key)?;
+                    None
+                }
+            },
+        };
+        match live {
+            Some(session) => {
+                contiguous = false;
+                let patient = session.patient().to_string();
+                let newer = newest
+                    .get(&patient)
+                    .is_none_or(|s| s.record.value.created_at <= session.record.value.created_at);
+                if newer {
+                    newest.insert(patient, session);
+                }
             }
-            _ => Ok(()),
+            None if contiguous => head = slot + 1,
+            None => {}
         }
     }
+    log.advance(head, &span)?;
+    Ok(newest)
+}
+
+/// As [`use_or_expire`], without counting the look as a use.
+fn use_or_expire_quietly<P: Backing>(
+    vault: &Vault<'_, P>,
+    limits: &SessionLimits,
+    session: &Session,
+) -> Result<bool, Error> {
+    let seen = last_seen(vault, &session.hidden)?.unwrap_or(session.record.value.created_at);
+    if vault.now() - seen > limits.idle_secs {
+        end(vault, session)?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::crypto::TokenKey;
+    use crate::ports::KeyValue;
     use crate::testing::FakePlatform;
+    use std::time::Duration;
 
     pub(crate) fn tokens(patient: &str) -> TokenSet {
         TokenSet {
@@ -209,7 +342,7 @@ mod tests {
             expires_at: 1_790_003_600,
             scope: "patient/Patient.rs".into(),
             patient: patient.into(),
-            access_grant_expiration: None,
+            access_grant_expiration: Some("2027-12-29T21:20:00Z".into()),
         }
     }
 
@@ -217,48 +350,135 @@ mod tests {
         TokenKey::parse(&"42".repeat(32)).unwrap()
     }
 
+    pub(crate) const LIMITS: SessionLimits = SessionLimits {
+        idle_secs: 3600,
+        max_secs: 86_400,
+    };
+
     #[test]
-    fn sessions_are_opaque_and_stored_only_as_hashes() {
+    fn sessions_are_opaque_and_everything_at_rest_is_sealed() {
         let p = FakePlatform::new();
-        let session = create(&p, &key(), &tokens("-1")).unwrap();
-        assert!(session.len() >= 43, "≥ 128 bits");
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        let bearer = create(&vault, &LIMITS, &tokens("-20140000010000")).unwrap();
+        assert!(bearer.len() >= 43, "≥ 128 bits");
         let dump = format!("{:?}", p.store.borrow());
-        assert!(!dump.contains(&session));
-        assert!(!dump.contains("PLAINTEXT"));
-        let s = authenticate(&p, &key(), Some(&session)).unwrap();
-        assert_eq!(s.tokens, tokens("-1"));
-        assert_eq!(sessions_of(&p, "-1").unwrap(), vec![s.hash.clone()]);
-        assert!(!format!("{:?}", s.tokens).contains("PLAINTEXT"));
+        for secret in [
+            bearer.as_str(),
+            "PLAINTEXT",
+            "-20140000010000",
+            "Patient.rs",
+        ] {
+            assert!(!dump.contains(secret), "{secret} at rest");
+        }
+        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
+        assert_eq!(s.tokens(), &tokens("-20140000010000"));
+        assert!(!format!("{s:?}").contains("PLAINTEXT"));
     }
 
     #[test]
-    fn unknown_missing_and_deleted_sessions_are_401() {
+    fn unknown_missing_ended_idle_and_old_sessions_are_401_and_leave_nothing() {
         let p = FakePlatform::new();
-        assert_eq!(authenticate(&p, &key(), None).unwrap_err().status(), 401);
-        assert_eq!(
-            authenticate(&p, &key(), Some("nope")).unwrap_err().status(),
-            401
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        let err = |r: Result<Session, Error>| r.unwrap_err();
+        assert!(matches!(
+            err(authenticate(&vault, &LIMITS, None)),
+            Error::Unauthorized(_)
+        ));
+        assert!(matches!(
+            err(authenticate(&vault, &LIMITS, Some("nope"))),
+            Error::Unauthorized(_)
+        ));
+        let ended = create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        end(
+            &vault,
+            &authenticate(&vault, &LIMITS, Some(&ended)).unwrap(),
+        )
+        .unwrap();
+        assert!(authenticate(&vault, &LIMITS, Some(&ended)).is_err());
+
+        let idle = create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        p.advance(Duration::from_secs(3601));
+        let why = err(authenticate(&vault, &LIMITS, Some(&idle)));
+        assert!(why.to_string().contains("unused"), "{why}");
+        assert!(authenticate(&vault, &LIMITS, Some(&idle)).is_err());
+
+        let old = create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        for _ in 0..24 {
+            p.advance(Duration::from_secs(3500));
+            authenticate(&vault, &LIMITS, Some(&old)).unwrap();
+        }
+        p.advance(Duration::from_secs(3500));
+        assert!(
+            authenticate(&vault, &LIMITS, Some(&old)).is_err(),
+            "past its maximum age"
         );
-        let session = create(&p, &key(), &tokens("-1")).unwrap();
-        let s = authenticate(&p, &key(), Some(&session)).unwrap();
-        delete(&p, &s).unwrap();
-        assert_eq!(
-            authenticate(&p, &key(), Some(&session))
-                .unwrap_err()
-                .status(),
-            401
+        newest_by_patient(&vault, &LIMITS).unwrap();
+        assert_eq!(p.keys().unwrap(), ["sessions:head", "sessions:n"]);
+    }
+
+    #[test]
+    fn a_session_never_outlives_the_cms_grant() {
+        let p = FakePlatform::new();
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        let mut short = tokens("-1");
+        let grant_end = vault.now() + 1800;
+        short.access_grant_expiration = Some(
+            time::OffsetDateTime::from_unix_timestamp(grant_end)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap(),
         );
-        assert!(p.keys().unwrap().is_empty());
+        let bearer = create(&vault, &LIMITS, &short).unwrap();
+        p.advance(Duration::from_secs(1801));
+        assert!(authenticate(&vault, &LIMITS, Some(&bearer)).is_err());
+    }
+
+    #[test]
+    fn the_sync_sees_each_patients_newest_session() {
+        let p = FakePlatform::new();
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        p.advance(Duration::from_secs(5));
+        let newer = create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        create(&vault, &LIMITS, &tokens("-2")).unwrap();
+        let sessions = newest_by_patient(&vault, &LIMITS).unwrap();
+        assert_eq!(sessions.keys().collect::<Vec<_>>(), ["-1", "-2"]);
+        let expected = authenticate(&vault, &LIMITS, Some(&newer)).unwrap();
+        assert_eq!(sessions["-1"].hidden, expected.hidden);
+    }
+
+    #[test]
+    fn the_granted_scope_says_which_types_may_be_searched() {
+        use crate::fhir::ResourceType::*;
+        let p = FakePlatform::new();
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        let mut granted = tokens("-1");
+        granted.scope =
+            "openid patient/Coverage.rs patient/ExplanationOfBenefit.read patient/Patient.r".into();
+        let bearer = create(&vault, &LIMITS, &granted).unwrap();
+        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
+        assert!(s.may_search(Coverage) && s.may_search(ExplanationOfBenefit));
+        assert!(!s.may_search(Patient), "`.r` reads, it does not search");
     }
 
     #[test]
     fn a_session_reaches_only_its_patient() {
         let p = FakePlatform::new();
-        let session = create(&p, &key(), &tokens("-1")).unwrap();
-        let s = authenticate(&p, &key(), Some(&session)).unwrap();
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        let bearer = create(&vault, &LIMITS, &tokens("-1")).unwrap();
+        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
         assert!(s.check_patient(None).is_ok());
         assert!(s.check_patient(Some("-1")).is_ok());
         assert!(s.check_patient(Some("Patient/-1")).is_ok());
-        assert_eq!(s.check_patient(Some("-2")).unwrap_err().status(), 403);
+        assert!(matches!(
+            s.check_patient(Some("-2")),
+            Err(Error::Forbidden(_))
+        ));
     }
 }

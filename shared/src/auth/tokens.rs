@@ -1,23 +1,37 @@
-//! A session's access token, refreshed early. CMS rotates refresh tokens and each works once, so when two
-//! requests refresh at once the loser's `invalid_grant` is not the end: the winner stored a newer token set.
+//! A session's access token, refreshed early and single-flight. CMS rotates refresh tokens and each works
+//! once, so exactly one request may spend it: that request claims the session record (a
+//! compare-and-swap on it, which Spin provides on SQLite and Redis alike), and every other request — in
+//! this instance or another replica — waits for the new tokens instead of spending the old one again.
 
 use std::time::Duration;
 
-use crate::auth::crypto::TokenKey;
-use crate::auth::oauth::{self, TokenFailure};
-use crate::auth::session::{self, Session};
-use crate::config::{self, OAuthClient};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+
+use crate::auth::oauth;
+use crate::auth::session::{self, Refreshing, Session};
+use crate::config::{self, OAuthClient, SessionLimits};
+use crate::crypto::TokenKey;
 use crate::error::Error;
 use crate::ports::Platform;
+use crate::store::Vault;
 
 /// Refresh when the access token has less than this left, so it cannot expire mid-request.
 pub const REFRESH_EARLY_SECS: i64 = 60;
 
-/// What refreshing needs, loaded once per request.
+/// How long a claimed refresh may take before others take it over (the token endpoint's own retries
+/// end well before).
+const CLAIM_SECS: i64 = 30;
+
+/// How often a waiting request looks for the new tokens.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What talking to CMS for a session needs, loaded once per request.
 pub struct TokenContext {
     pub client: OAuthClient,
     pub secret: String,
     pub key: TokenKey,
+    pub limits: SessionLimits,
 }
 
 impl TokenContext {
@@ -26,99 +40,139 @@ impl TokenContext {
             client: OAuthClient::load(platform)?,
             secret: config::client_secret(platform)?,
             key: TokenKey::load(platform)?,
+            limits: SessionLimits::load(platform)?,
         })
     }
 }
 
-pub fn needs_refresh(session: &Session, now: i64) -> bool {
-    session.tokens.expires_at - now <= REFRESH_EARLY_SECS
-}
-
-/// The session's access token, refreshed first if due (or if `force`, after CMS said 401).
-pub async fn access_token(
-    platform: &impl Platform,
+/// The session's access token, refreshed first if it is due or if CMS just `refused` it.
+pub async fn access_token<P: Platform>(
+    vault: &Vault<'_, P>,
     ctx: &TokenContext,
     session: &mut Session,
-    force: bool,
+    refused: Option<&str>,
 ) -> Result<String, Error> {
-    let now = platform.now().unix_timestamp();
-    if !force && !needs_refresh(session, now) {
-        return Ok(session.tokens.access_token.clone());
-    }
-    match oauth::refresh(platform, &ctx.client, &ctx.secret, &session.tokens).await {
-        Ok(tokens) => {
-            session.tokens = tokens;
-            session.record.refreshed_at = now;
-            session.record.scope = session.tokens.scope.clone();
-            session.record.tokens =
-                session::seal_tokens(platform, &ctx.key, &session.hash, &session.tokens);
-            // Stored at once: the old refresh token is already spent at CMS.
-            session::store_record(platform, &session.hash, &session.record)?;
-            Ok(session.tokens.access_token.clone())
+    let deadline = vault.now() + 2 * CLAIM_SECS;
+    loop {
+        let now = vault.now();
+        let usable = |s: &Session| {
+            s.tokens().expires_at - now > REFRESH_EARLY_SECS
+                && Some(s.tokens().access_token.as_str()) != refused
+        };
+        if usable(session) {
+            return Ok(session.tokens().access_token.clone());
         }
-        Err(TokenFailure::Refused(error)) => {
-            // The winner of a race may still be storing what CMS gave it: look a few times.
-            for wait_ms in [0, 100, 250, 500] {
-                platform.sleep(Duration::from_millis(wait_ms)).await;
-                let latest = session::load(platform, &ctx.key, &session.hash)?;
-                if latest.tokens.refresh_token != session.tokens.refresh_token
-                    && !needs_refresh(&latest, now)
-                {
-                    *session = latest;
-                    return Ok(session.tokens.access_token.clone());
-                }
+        // Another request may have refreshed it already, or be doing so now.
+        let latest = session::reload(vault, session)?;
+        if usable(&latest) {
+            *session = latest;
+            continue;
+        }
+        if now > deadline {
+            return Err(Error::GatewayTimeout(
+                "another request's token refresh did not finish in time; try again".into(),
+            ));
+        }
+        if latest
+            .record
+            .value
+            .refreshing
+            .as_ref()
+            .is_some_and(|r| r.until > now)
+        {
+            *session = latest;
+            vault.platform.sleep(POLL).await;
+            continue;
+        }
+        let mut claimed = latest.record.value.clone();
+        claimed.refreshing = Some(Refreshing {
+            until: now + CLAIM_SECS,
+            by: claim_id(vault),
+        });
+        if !session::swap(vault, &latest, &claimed)? {
+            // Someone claimed or refreshed it first: look again.
+            *session = latest;
+            continue;
+        }
+        let refreshed = oauth::refresh(
+            vault.platform,
+            &ctx.client,
+            &ctx.secret,
+            &latest.record.value.tokens,
+        )
+        .await;
+        claimed.refreshing = None;
+        return match refreshed {
+            Ok(tokens) => {
+                claimed.refreshed_at = vault.now();
+                claimed.tokens = tokens;
+                // The claim is ours: a plain write publishes the new tokens to every waiter.
+                session::store(vault, &latest, &claimed)?;
+                *session = session::reload(vault, &latest)?;
+                Ok(session.tokens().access_token.clone())
             }
-            Err(Error::Unauthorized(format!(
-                "CMS no longer accepts this session's grant (`{error}`): authorize again at \
-                 /bluebutton/authorize"
-            )))
-        }
-        Err(TokenFailure::Failed(err)) => Err(err),
+            Err(failure) => {
+                let err = failure.into_refresh_error();
+                if matches!(err, Error::Unauthorized(_)) {
+                    // The grant is gone at CMS: so is the session.
+                    session::end(vault, &latest)?;
+                } else {
+                    session::store(vault, &latest, &claimed)?;
+                }
+                Err(err)
+            }
+        };
     }
+}
+
+fn claim_id<P: Platform>(vault: &Vault<'_, P>) -> String {
+    let mut bytes = [0u8; 9];
+    vault.platform.fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// One fetch's access token, shared by its concurrent pages. When CMS refuses it mid-fetch (it expired,
 /// or was revoked and re-granted), the first page to notice refreshes it and the others use the result.
 pub struct SharedToken<'a, P: Platform> {
-    platform: &'a P,
+    vault: &'a Vault<'a, P>,
     pub ctx: &'a TokenContext,
     session: std::cell::RefCell<Session>,
-    current: std::cell::RefCell<String>,
 }
 
 impl<'a, P: Platform> SharedToken<'a, P> {
     pub async fn new(
-        platform: &'a P,
+        vault: &'a Vault<'a, P>,
         ctx: &'a TokenContext,
         mut session: Session,
     ) -> Result<SharedToken<'a, P>, Error> {
-        let token = access_token(platform, ctx, &mut session, false).await?;
+        access_token(vault, ctx, &mut session, None).await?;
         Ok(SharedToken {
-            platform,
+            vault,
             ctx,
             session: std::cell::RefCell::new(session),
-            current: std::cell::RefCell::new(token),
         })
     }
 
     pub fn current(&self) -> String {
-        self.current.borrow().clone()
+        self.session.borrow().tokens().access_token.clone()
     }
 
     pub fn patient(&self) -> String {
-        self.session.borrow().record.patient.clone()
+        self.session.borrow().patient().to_string()
     }
 
-    /// Called with the token CMS just refused: refreshes it, unless another page already has.
+    /// Called with the token CMS just refused: a fresh one, from this request's refresh or another's.
     pub async fn renew(&self, refused: &str) -> Result<String, Error> {
-        if *self.current.borrow() != refused {
+        if self.current() != refused {
             return Ok(self.current());
         }
-        // No RefCell borrow may live across the await: work on a copy, then store it.
+        // No RefCell borrow may live across the await: work on a copy, then keep the newer one.
         let mut session = self.session.borrow().clone();
-        let token = access_token(self.platform, self.ctx, &mut session, true).await?;
-        *self.session.borrow_mut() = session;
-        *self.current.borrow_mut() = token.clone();
+        let token = access_token(self.vault, self.ctx, &mut session, Some(refused)).await?;
+        let mut shared = self.session.borrow_mut();
+        if shared.tokens().access_token == refused {
+            *shared = session;
+        }
         Ok(token)
     }
 

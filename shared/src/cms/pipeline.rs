@@ -1,6 +1,6 @@
 //! The fetch pipeline: every page of a search (see [`crate::cms::paging`]), each entry once, handed page by
-//! page to a [`PageSink`] — the caller's Bundle, connect, or both — and the `since=last` watermark moved
-//! only when everything arrived.
+//! page to a [`PageSink`] — the caller's Bundle, connect, or both. It reports the newest
+//! `meta.lastUpdated` it saw; moving a cursor past it is delivery's decision, once delivery is durable.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -11,11 +11,11 @@ use crate::auth::session::Session;
 use crate::auth::tokens::{SharedToken, TokenContext};
 use crate::cms::paging::{self, Page};
 use crate::cms::search::SearchRequest;
-use crate::cms::watermark;
 use crate::connect::Delivery;
 use crate::error::Error;
 use crate::fhir::Resource;
 use crate::ports::Platform;
+use crate::store::Vault;
 
 /// Entries seen so far: each `Type/id` once, and the newest `meta.lastUpdated`.
 #[derive(Default)]
@@ -54,6 +54,9 @@ pub struct FetchSummary {
     pub entries: usize,
     pub retries: u32,
     pub duplicates_dropped: usize,
+    /// The newest `meta.lastUpdated` among the entries.
+    #[serde(skip)]
+    pub newest: Option<time::OffsetDateTime>,
 }
 
 /// Where fetched pages go.
@@ -90,18 +93,16 @@ impl<A: PageSink, B: PageSink> PageSink for Both<A, B> {
     }
 }
 
-/// Runs every page of `search` through `sink`, then moves the watermark when the fetch was complete and
-/// `moves_watermark` says it should. The session comes back with whatever token it ended with.
+/// Runs every page of `search` through `sink`. The session comes back with whatever token it ended with.
 pub async fn run<P: Platform>(
-    platform: &P,
+    vault: &Vault<'_, P>,
     ctx: &TokenContext,
     session: &mut Session,
     search: &SearchRequest,
-    moves_watermark: bool,
     sink: &mut impl PageSink,
 ) -> Result<FetchSummary, Error> {
-    let tokens = SharedToken::new(platform, ctx, session.clone()).await?;
-    let summary = run_with(platform, &tokens, search, moves_watermark, sink).await;
+    let tokens = SharedToken::new(vault, ctx, session.clone()).await?;
+    let summary = run_with(vault.platform, &tokens, search, sink).await;
     *session = tokens.into_session();
     summary
 }
@@ -110,7 +111,6 @@ async fn run_with<P: Platform>(
     platform: &P,
     tokens: &SharedToken<'_, P>,
     search: &SearchRequest,
-    moves_watermark: bool,
     sink: &mut impl PageSink,
 ) -> Result<FetchSummary, Error> {
     let paging::Pages {
@@ -133,8 +133,6 @@ async fn run_with<P: Platform>(
         }
     }
     summary.duplicates_dropped = dedup.duplicates;
-    if let (Some(newest), true) = (dedup.newest, moves_watermark) {
-        watermark::store(platform, &tokens.patient(), search.resource_type, newest)?;
-    }
+    summary.newest = dedup.newest;
     Ok(summary)
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::crypto::TokenKey;
 use crate::config::{self, ConnectSettings, OAuthClient};
+use crate::crypto::TokenKey;
 use crate::error::Error;
 use crate::http::{json_response, no_store, Response};
 use crate::ports::{HttpError, Platform};
@@ -37,6 +37,8 @@ pub enum Check {
     OAuthClient,
     ClientSecret,
     TokenKey,
+    StateTtl,
+    SessionLimits,
     FetchLimits,
     Connect,
     AdminKey,
@@ -79,6 +81,15 @@ fn check_settings(platform: &impl Platform, check: Check, out: &mut BTreeMap<Str
             config::client_secret(platform).map(drop),
         ),
         Check::TokenKey => put("token_key", TokenKey::load(platform).map(drop)),
+        Check::StateTtl => put(
+            config::STATE_TTL_SECS.name,
+            config::STATE_TTL_SECS.load(platform).map(drop),
+        ),
+        Check::SessionLimits => {
+            for setting in [config::SESSION_IDLE_SECS, config::SESSION_MAX_SECS] {
+                put(setting.name, setting.load(platform).map(drop));
+            }
+        }
         Check::FetchLimits => {
             for setting in [
                 config::PAGE_SIZE,

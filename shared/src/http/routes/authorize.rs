@@ -1,11 +1,13 @@
 //! `GET /bluebutton/authorize[?lang=en|es][&return_to=/path]`: sends the beneficiary to CMS with a fresh
 //! single-use state and a PKCE S256 challenge — a 302, or the URL as JSON for API clients.
 
-use crate::auth::oauth;
-use crate::config::OAuthClient;
+use crate::auth::state;
+use crate::config::{OAuthClient, STATE_TTL_SECS};
+use crate::crypto::TokenKey;
 use crate::error::Error;
 use crate::http::{header, json_response, no_store, query_param, require_method, Response};
 use crate::ports::Platform;
+use crate::store::Vault;
 
 pub const PATH: &str = "/bluebutton/authorize";
 
@@ -20,9 +22,12 @@ fn wants_json(headers: &http::HeaderMap) -> bool {
 pub fn authorize(platform: &impl Platform, head: &http::request::Parts) -> Result<Response, Error> {
     require_method(head, "GET")?;
     let client = OAuthClient::load(platform)?;
+    let key = TokenKey::load(platform)?;
+    let ttl = STATE_TTL_SECS.load(platform)? as i64;
     let lang = query_param(&head.uri, "lang");
     let return_to = query_param(&head.uri, "return_to");
-    let start = oauth::begin(platform, &client, lang.as_deref(), return_to.as_deref())?;
+    let vault = Vault::new(platform, &key);
+    let start = state::begin(&vault, &client, ttl, lang.as_deref(), return_to.as_deref())?;
     let resp = if wants_json(&head.headers) {
         json_response(200, &start)
     } else {

@@ -3,14 +3,14 @@
 
 use serde::Serialize;
 
-use crate::auth::crypto::TokenKey;
 use crate::auth::oauth::{self, TokenFailure};
 use crate::auth::session;
+use crate::auth::state;
 use crate::auth::tokens::TokenContext;
-use crate::config::{self, OAuthClient};
 use crate::error::Error;
 use crate::http::{bearer, json_response, no_store, query_param, require_method, Response};
 use crate::ports::Platform;
+use crate::store::Vault;
 
 pub const PATH: &str = "/bluebutton/callback";
 pub const SESSION_PATH: &str = "/bluebutton/session";
@@ -37,13 +37,12 @@ pub async fn callback(
 ) -> Result<Response, Error> {
     require_method(head, "GET")?;
     // Configuration first: a broken deployment must not burn the beneficiary's state.
-    let client = OAuthClient::load(platform)?;
-    let secret = config::client_secret(platform)?;
-    let key = TokenKey::load(platform)?;
+    let ctx = TokenContext::load(platform)?;
+    let vault = Vault::new(platform, &ctx.key);
     let state = query_param(&head.uri, "state");
     if let Some(error) = query_param(&head.uri, "error") {
         // Only an answer to a request we made (a known state) is believed, and it uses the state up.
-        oauth::take_state(platform, state.as_deref())?;
+        state::take(&vault, state.as_deref())?;
         return Err(if error == "access_denied" {
             Error::Forbidden(
                 "the beneficiary declined to share their data with this app at CMS".into(),
@@ -52,19 +51,19 @@ pub async fn callback(
             Error::BadGateway(format!("CMS ended the authorization with error `{error}`"))
         });
     }
-    let pending = oauth::take_state(platform, state.as_deref())?;
+    let pending = state::take(&vault, state.as_deref())?;
     let code = query_param(&head.uri, "code")
         .filter(|code| !code.is_empty())
         .ok_or_else(|| Error::BadRequest("the `code` parameter is missing".into()))?;
-    let tokens = oauth::exchange_code(platform, &client, &secret, &code, pending.verifier)
+    let tokens = oauth::exchange_code(platform, &ctx.client, &ctx.secret, &code, pending.verifier)
         .await
         .map_err(|failure| match failure {
-            TokenFailure::Refused(error) => Error::BadGateway(format!(
+            TokenFailure::Refused { error, .. } => Error::BadGateway(format!(
                 "CMS refused the code exchange with `{error}`; start again at /bluebutton/authorize"
             )),
             TokenFailure::Failed(err) => err,
         })?;
-    let session = session::create(platform, &key, &tokens)?;
+    let session = session::create(&vault, &ctx.limits, &tokens)?;
     let expires_at = time::OffsetDateTime::from_unix_timestamp(tokens.expires_at)
         .ok()
         .and_then(|t| {
@@ -89,9 +88,10 @@ pub async fn end_session(
 ) -> Result<Response, Error> {
     require_method(head, "DELETE")?;
     let ctx = TokenContext::load(platform)?;
-    let session = session::authenticate(platform, &ctx.key, bearer(&head.headers))?;
-    oauth::revoke(platform, &ctx.client, &ctx.secret, &session.tokens).await?;
-    session::delete(platform, &session)?;
+    let vault = Vault::new(platform, &ctx.key);
+    let session = session::authenticate(&vault, &ctx.limits, bearer(&head.headers))?;
+    oauth::revoke(platform, &ctx.client, &ctx.secret, session.tokens()).await?;
+    session::end(&vault, &session)?;
     let mut resp = http::Response::new(Vec::new());
     *resp.status_mut() = http::StatusCode::NO_CONTENT;
     Ok(no_store(resp))

@@ -6,9 +6,9 @@ use crate::auth::session::{self, Session};
 use crate::auth::tokens::TokenContext;
 use crate::cms::pipeline::{self, Both, PageSink};
 use crate::cms::search::{check_filter, SearchRequest};
-use crate::cms::watermark;
 use crate::config::{ConnectSettings, FetchLimits};
-use crate::connect::Delivery;
+use crate::connect::delivery::Before;
+use crate::connect::{cursor, Delivery};
 use crate::error::Error;
 use crate::fhir::{Resource, ResourceType};
 use crate::http::bundle_stream::BundleOut;
@@ -16,11 +16,16 @@ use crate::http::{
     bearer, full_url, json_response, no_store, path_info, query_pairs, require_method, write_full,
 };
 use crate::ports::{Platform, ResponseWriter};
+use crate::store::Vault;
+
+/// How long a fetch that pushes replays older outbox batches before its own go out (behind them).
+const DRAIN_SECS: i64 = 20;
 
 /// The caller's choices.
 struct FetchRequest {
     search: SearchRequest,
-    since_last: bool,
+    /// The caller's own filters (`since=last` adds the cursor's, which is not one of them).
+    filtered: bool,
     /// Answer with the merged CMS Bundle (else with the delivery to connect: empty with `push=false`).
     return_cms: bool,
     /// Also deliver to connect.
@@ -28,9 +33,9 @@ struct FetchRequest {
 }
 
 impl FetchRequest {
-    /// A complete fetch (unfiltered, or `since=last`) moves the watermark; a filtered one does not.
-    fn moves_watermark(&self) -> bool {
-        self.since_last || self.search.filters.is_empty()
+    /// Only a complete delivery moves the sync's cursor: pushed, and not narrowed by a filter.
+    fn moves_cursor(&self) -> bool {
+        self.push && !self.filtered
     }
 }
 
@@ -42,13 +47,13 @@ fn flag(value: &str, name: &str) -> Result<bool, Error> {
     }
 }
 
-fn parse(
-    platform: &impl Platform,
+fn parse<P: Platform>(
+    vault: &Vault<'_, P>,
     uri: &http::Uri,
     session: &Session,
     resource_type: ResourceType,
 ) -> Result<FetchRequest, Error> {
-    let limits = FetchLimits::load(platform)?;
+    let limits = FetchLimits::load(vault.platform)?;
     let mut filters = Vec::new();
     let (mut since_last, mut return_cms, mut push) = (false, true, true);
     for (name, value) in query_pairs(uri) {
@@ -74,10 +79,11 @@ fn parse(
             }
         }
     }
+    let filtered = !filters.is_empty();
     if since_last {
-        filters.extend(watermark::since_filter(
-            platform,
-            &session.record.patient,
+        filters.extend(cursor::since_filter(
+            vault,
+            session.patient(),
             resource_type,
         )?);
     }
@@ -87,39 +93,50 @@ fn parse(
             limits,
             filters,
         },
-        since_last,
+        filtered,
         return_cms,
         push,
     })
 }
 
 struct Prepared {
-    ctx: TokenContext,
     session: Session,
     request: FetchRequest,
     connect: Option<ConnectSettings>,
 }
 
-fn prepare(platform: &impl Platform, head: &http::request::Parts) -> Result<Prepared, Error> {
+/// The resource type a path names, before anything else is looked at.
+fn resource_type_of(head: &http::request::Parts) -> Result<ResourceType, Error> {
     let info = path_info(head);
     let name = info.trim_matches('/');
-    let resource_type = ResourceType::parse(name).ok_or_else(|| {
+    ResourceType::parse(name).ok_or_else(|| {
         Error::NotFound(format!(
             "no such resource type `{name}`: use one of {}",
             ResourceType::names()
         ))
-    })?;
-    require_method(head, "GET")?;
-    let ctx = TokenContext::load(platform)?;
-    let session = session::authenticate(platform, &ctx.key, bearer(&head.headers))?;
-    let request = parse(platform, &head.uri, &session, resource_type)?;
+    })
+}
+
+fn prepare<P: Platform>(
+    vault: &Vault<'_, P>,
+    ctx: &TokenContext,
+    head: &http::request::Parts,
+    resource_type: ResourceType,
+) -> Result<Prepared, Error> {
+    let session = session::authenticate(vault, &ctx.limits, bearer(&head.headers))?;
+    if !session.may_search(resource_type) {
+        return Err(Error::Forbidden(format!(
+            "the beneficiary did not share {resource_type} with this app (scope `{}`)",
+            session.tokens().scope
+        )));
+    }
+    let request = parse(vault, &head.uri, &session, resource_type)?;
     let connect = if request.push {
-        Some(ConnectSettings::load(platform)?)
+        Some(ConnectSettings::load(vault.platform)?)
     } else {
         None
     };
     Ok(Prepared {
-        ctx,
         session,
         request,
         connect,
@@ -130,6 +147,16 @@ fn prepare(platform: &impl Platform, head: &http::request::Parts) -> Result<Prep
 enum Answer<W: ResponseWriter> {
     Bundle(BundleOut<W>),
     Delivery(W),
+}
+
+impl<W: ResponseWriter> Answer<W> {
+    /// Answers the problem.
+    fn fail(self, err: Error) {
+        match self {
+            Answer::Bundle(out) => out.fail(err),
+            Answer::Delivery(writer) => write_full(writer, err.into_response()),
+        }
+    }
 }
 
 impl<W: ResponseWriter> PageSink for Answer<W> {
@@ -152,12 +179,20 @@ pub async fn fetch<W: ResponseWriter>(
     head: &http::request::Parts,
     writer: W,
 ) {
+    let loaded = resource_type_of(head).and_then(|resource_type| {
+        require_method(head, "GET")?;
+        Ok((resource_type, TokenContext::load(platform)?))
+    });
+    let (resource_type, ctx) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return write_full(writer, err.into_response()),
+    };
+    let vault = Vault::new(platform, &ctx.key);
     let Prepared {
-        ctx,
         mut session,
         request,
         connect,
-    } = match prepare(platform, head) {
+    } = match prepare(&vault, &ctx, head, resource_type) {
         Ok(prepared) => prepared,
         Err(err) => return write_full(writer, err.into_response()),
     };
@@ -168,23 +203,32 @@ pub async fn fetch<W: ResponseWriter>(
     } else {
         Answer::Delivery(writer)
     };
-    let delivery = connect.map(|c| Delivery::new(platform, c, &session.record.patient));
+    let patient = session.patient().to_string();
+    let delivery = match connect {
+        Some(settings) => {
+            let drain = Before::Drain(Some(vault.now() + DRAIN_SECS));
+            match Delivery::start(&vault, settings, &patient, drain).await {
+                Ok(delivery) => Some(delivery),
+                Err(err) => return answer.fail(err),
+            }
+        }
+        None => None,
+    };
     let mut sink = Both(delivery, answer);
-    let outcome = pipeline::run(
-        platform,
-        &ctx,
-        &mut session,
-        &request.search,
-        request.moves_watermark(),
-        &mut sink,
-    )
-    .await;
+    let outcome = pipeline::run(&vault, &ctx, &mut session, &request.search, &mut sink).await;
     let Both(delivery, answer) = sink;
     let outcome = match (outcome, delivery) {
         (Ok(summary), Some(delivery)) => delivery.finish().await.map(|d| (summary, Some(d))),
         (Ok(summary), None) => Ok((summary, None)),
         (Err(err), _) => Err(err),
     };
+    // Every resource up to `newest` is delivered, queued or a dead letter: the cursor may pass it.
+    let outcome = outcome.and_then(|(summary, delivery)| {
+        if let (Some(newest), true) = (summary.newest, request.moves_cursor()) {
+            cursor::advance(&vault, &patient, request.search.resource_type, newest)?;
+        }
+        Ok((summary, delivery))
+    });
     if let Ok((summary, _)) = &outcome {
         eprintln!(
             "fhir-fetch: {} pages={} entries={} retries={} duplicates_dropped={} ms={}",
@@ -198,11 +242,10 @@ pub async fn fetch<W: ResponseWriter>(
     }
     match (answer, outcome) {
         (Answer::Bundle(out), Ok((summary, delivery))) => out.finish(&summary, delivery.as_ref()),
-        (Answer::Bundle(out), Err(err)) => out.fail(err),
         (Answer::Delivery(writer), Ok((_, delivery))) => {
             let result = delivery.unwrap_or_default();
             write_full(writer, no_store(json_response(result.status(), &result)));
         }
-        (Answer::Delivery(writer), Err(err)) => write_full(writer, err.into_response()),
+        (answer, Err(err)) => answer.fail(err),
     }
 }

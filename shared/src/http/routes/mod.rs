@@ -55,7 +55,7 @@ pub struct Authorize;
 
 impl Component for Authorize {
     fn health(&self) -> Option<(&'static [Check], &'static [Upstream])> {
-        Some((&[Check::OAuthClient], &[]))
+        Some((&[Check::OAuthClient, Check::TokenKey, Check::StateTtl], &[]))
     }
 
     async fn serve(
@@ -75,7 +75,12 @@ pub struct Callback;
 impl Component for Callback {
     fn health(&self) -> Option<(&'static [Check], &'static [Upstream])> {
         Some((
-            &[Check::OAuthClient, Check::ClientSecret, Check::TokenKey],
+            &[
+                Check::OAuthClient,
+                Check::ClientSecret,
+                Check::TokenKey,
+                Check::SessionLimits,
+            ],
             &[Upstream::Cms],
         ))
     }
@@ -106,6 +111,7 @@ impl Component for FhirFetch {
                 Check::OAuthClient,
                 Check::ClientSecret,
                 Check::TokenKey,
+                Check::SessionLimits,
                 Check::FetchLimits,
                 Check::Connect,
                 Check::AdminKey,
@@ -134,7 +140,10 @@ pub struct ConnectPush;
 
 impl Component for ConnectPush {
     fn health(&self) -> Option<(&'static [Check], &'static [Upstream])> {
-        Some((&[Check::Connect, Check::AdminKey], &[Upstream::Connect]))
+        Some((
+            &[Check::Connect, Check::TokenKey, Check::AdminKey],
+            &[Upstream::Connect],
+        ))
     }
 
     async fn serve(
