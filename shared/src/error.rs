@@ -24,7 +24,8 @@ pub enum Error {
     /// A variable is missing or malformed: the operator must fix the deployment.
     #[error("configuration error: {0}")]
     Config(String),
-    #[error(transparent)]
+    /// The store's own words stay in the component's log: they can name files, hosts or records.
+    #[error("the key-value store failed (the details are in this component's log)")]
     Store(#[from] StoreError),
     /// An upstream (CMS or connect) answered with an error or garbage.
     #[error("{0}")]

@@ -159,16 +159,22 @@ fn token_error(
         E::Request(HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(format!(
             "CMS's token endpoint did not answer the {what} in time"
         ))),
-        E::Request(e) => TokenFailure::Failed(Error::BadGateway(format!(
-            "CMS's token endpoint could not be reached for the {what}: {e}"
-        ))),
+        E::Request(e) => {
+            eprintln!("CMS's token endpoint, {what}: {e}");
+            TokenFailure::Failed(Error::BadGateway(format!(
+                "CMS's token endpoint could not be reached for the {what}; try again later"
+            )))
+        }
         E::Parse(_, body) => TokenFailure::Failed(Error::BadGateway(format!(
             "CMS's token endpoint sent an unreadable answer to the {what} ({} bytes)",
             body.len()
         ))),
-        E::Other(e) => TokenFailure::Failed(Error::BadGateway(format!(
-            "CMS's token endpoint failed the {what}: {e}"
-        ))),
+        E::Other(e) => {
+            eprintln!("CMS's token endpoint, {what}: {e}");
+            TokenFailure::Failed(Error::BadGateway(format!(
+                "CMS's token endpoint failed the {what}; try again later"
+            )))
+        }
     }
 }
 

@@ -101,10 +101,10 @@ fn check_settings(platform: &impl Platform, check: Check, out: &mut BTreeMap<Str
         }
         Check::Connect => put("connect", ConnectSettings::load(platform).map(drop)),
         Check::AdminKey => {
-            // Optional: unset only switches the admin routes off.
-            let text = match config::optional(platform, "admin_api_key") {
-                Ok(Some(_)) => OK.to_string(),
-                Ok(None) => "unset: admin routes are disabled".to_string(),
+            // Optional: without a usable key only the admin routes are off (a warning, not a fault).
+            let text = match crate::auth::admin::admin_key(platform) {
+                Ok(Ok(_)) => OK.to_string(),
+                Ok(Err(why)) => format!("warning: {why}"),
                 Err(err) => err.to_string(),
             };
             out.insert("admin_api_key".into(), text);
@@ -147,7 +147,7 @@ impl Health {
         let misconfigured = self
             .checks
             .values()
-            .any(|v| v != OK && !v.starts_with("unset"))
+            .any(|v| v != OK && !v.starts_with("warning"))
             || self.components.values().any(|v| v != OK);
         let unreachable = self.reachable.values().any(|v| v != OK);
         self.status = if misconfigured {
@@ -248,7 +248,7 @@ mod tests {
             &[Upstream::Connect],
         ));
         assert_eq!(health.checks["connect"], "ok");
-        assert!(health.checks["admin_api_key"].starts_with("unset"));
+        assert!(health.checks["admin_api_key"].starts_with("warning: unset"));
         assert!(health.reachable["connect"].starts_with("unreachable"));
         assert_eq!(health.status, "degraded");
         assert_eq!(health.response().status(), 200);

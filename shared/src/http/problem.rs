@@ -61,6 +61,9 @@ impl Error {
     }
 
     pub fn into_response(self) -> Response {
+        if let Error::Store(inner) = &self {
+            eprintln!("key-value store failure: {inner}");
+        }
         let problem = self.problem();
         let mut resp = json_response(problem.status, &problem);
         let headers = resp.headers_mut();
