@@ -299,3 +299,59 @@ fn a_busy_connect_is_waited_for_and_a_misconfigured_one_queues() {
         "a 404 is never the resource's fault"
     );
 }
+
+#[test]
+fn two_replays_at_once_post_each_batch_once_and_in_order() {
+    let p = FakePlatform::new();
+    let connect = Connect::default();
+    connect.install(&p);
+    *connect.down.borrow_mut() = true;
+    let values: Vec<Value> = (0..12).map(|i| eob(&format!("q{i}"), true, 900)).collect();
+    let queued = deliver(&p, settings(ConnectMode::Bundle, 3_000), &values);
+    assert!(queued.queued.len() >= 4);
+    *connect.down.borrow_mut() = false;
+    *connect.posts.borrow_mut() = 0;
+    let k = key();
+    let vault = Vault::new(&p, &k);
+    let (a, b) = block_on(futures::future::join(
+        replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000)),
+        replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000)),
+    ));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    // The second waits behind the first's claims rather than skipping ahead: order over speed.
+    assert_eq!(a.replayed + b.replayed, 12, "every resource once");
+    assert_eq!(*connect.posts.borrow(), queued.queued.len(), "no batch posted twice");
+    let expected: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    assert_eq!(*connect.received.borrow(), expected, "in the order they were queued");
+    assert!(outbox::list(&vault).unwrap().is_empty());
+}
+
+#[test]
+fn a_crashed_deliverys_claim_lapses_and_its_batch_is_replayed() {
+    let p = FakePlatform::new();
+    let connect = Connect::default();
+    connect.install(&p);
+    let k = key();
+    let vault = Vault::new(&p, &k);
+    // A delivery wrote its batch ahead and claimed it, then its instance died before posting.
+    let payload = serde_json::to_vec(&json!({"resourceType": "Bundle", "type": "collection",
+        "entry": [{"resource": eob("lost", true, 1)}]}))
+    .unwrap();
+    outbox::put(
+        &vault,
+        NewBatch {
+            patient: "-1",
+            target: "/fhir/Bundle".into(),
+            resources: 1,
+            payload: &payload,
+            claim: Some(Claim {
+                by: "gone".into(),
+                until: vault.now() + CLAIM_SECS,
+            }),
+        },
+    )
+    .unwrap();
+    let replayed = block_on(replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000))).unwrap();
+    assert_eq!(replayed.replayed, 1, "replayed once the claim lapsed");
+    assert_eq!(*connect.received.borrow(), ["lost"]);
+}
