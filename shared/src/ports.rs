@@ -8,13 +8,13 @@ use time::OffsetDateTime;
 
 /// Spin's key-value store: no TTL; plain writes are last-write-wins, and the two atomic operations of
 /// `wasi:keyvalue/atomics` (which Spin implements on SQLite and Redis) serve where that would lose
-/// updates. Keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`].
+/// updates. Keys are at most [`MAX_KEY_BYTES`], values at most [`MAX_VALUE_BYTES`]. There is no way to
+/// list keys: on Redis that is `KEYS *`, so the app keeps ordered logs instead
+/// ([`crate::store::log`]).
 pub trait KeyValue {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// Every key: on Redis this is `KEYS *`, so no request path may call it.
-    fn keys(&self) -> Result<Vec<String>, StoreError>;
     /// Adds `delta` to the number at `key` (an absent key counts as 0) and returns the sum, atomically.
     fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
     /// Replaces the value at `key` with `new` only if it is still exactly `expected`; `false` when

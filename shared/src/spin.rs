@@ -139,9 +139,6 @@ impl KeyValue for SpinPlatform {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.store()?.delete(key).map_err(store_error)
     }
-    fn keys(&self) -> Result<Vec<String>, StoreError> {
-        self.store()?.get_keys().map_err(store_error)
-    }
     fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
         atomics::increment(self.bucket()?, key, delta).map_err(wasi_error)
     }

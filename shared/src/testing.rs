@@ -66,6 +66,11 @@ impl FakePlatform {
         self.now.set(self.now.get() + by);
     }
 
+    /// Every key stored, in order (for tests: the app itself cannot list keys).
+    pub fn stored_keys(&self) -> Vec<String> {
+        self.store.borrow().keys().cloned().collect()
+    }
+
     fn check_store(&self) -> Result<(), StoreError> {
         if self.fail_store.get() {
             Err(StoreError::Backend("injected failure".into()))
@@ -91,10 +96,6 @@ impl KeyValue for FakePlatform {
         self.check_store()?;
         self.store.borrow_mut().remove(key);
         Ok(())
-    }
-    fn keys(&self) -> Result<Vec<String>, StoreError> {
-        self.check_store()?;
-        Ok(self.store.borrow().keys().cloned().collect())
     }
     fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
         self.check_store()?;

@@ -12,7 +12,7 @@ use futures::executor::block_on;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use shared::http::routes::{Authorize, Callback, Component, FhirFetch};
-use shared::ports::{HttpError, KeyValue};
+use shared::ports::HttpError;
 use shared::testing::{CaptureWriter, FakePlatform};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -254,7 +254,7 @@ fn denied_consent_is_403_and_consumes_the_state() {
         .as_str()
         .unwrap()
         .contains("declined"));
-    let left = p.keys().unwrap();
+    let left = p.stored_keys();
     assert!(
         left.iter()
             .all(|k| k.starts_with("states:n") || k.starts_with("states:head")),
@@ -304,7 +304,7 @@ fn a_bad_token_key_is_a_clear_500_before_any_state_is_made() {
         .as_str()
         .unwrap()
         .contains("token_key"));
-    assert!(p.keys().unwrap().is_empty(), "nothing stored");
+    assert!(p.stored_keys().is_empty(), "nothing stored");
 }
 
 #[test]

@@ -331,7 +331,6 @@ fn use_or_expire_quietly<P: Backing>(
 pub(crate) mod tests {
     use super::*;
     use crate::crypto::TokenKey;
-    use crate::ports::KeyValue;
     use crate::testing::FakePlatform;
     use std::time::Duration;
 
@@ -415,7 +414,7 @@ pub(crate) mod tests {
             "past its maximum age"
         );
         newest_by_patient(&vault, &LIMITS).unwrap();
-        assert_eq!(p.keys().unwrap(), ["sessions:head", "sessions:n"]);
+        assert_eq!(p.stored_keys(), ["sessions:head", "sessions:n"]);
     }
 
     #[test]

@@ -136,7 +136,6 @@ pub fn sweep<P: Backing>(vault: &Vault<'_, P>, limit: usize) -> Result<usize, Er
 mod tests {
     use super::*;
     use crate::crypto::TokenKey;
-    use crate::ports::KeyValue;
     use crate::testing::FakePlatform;
     use std::time::Duration;
 
@@ -218,7 +217,7 @@ mod tests {
         for _ in 0..500 {
             begin(&vault, &client(), 600, None, None).unwrap();
         }
-        assert!(p.keys().unwrap().len() > 1000);
+        assert!(p.stored_keys().len() > 1000);
         assert_eq!(
             sweep(&vault, usize::MAX).unwrap(),
             0,
@@ -228,7 +227,7 @@ mod tests {
         assert_eq!(sweep(&vault, 100).unwrap(), 100, "a sweep is bounded");
         assert_eq!(sweep(&vault, usize::MAX).unwrap(), 400);
         assert_eq!(
-            p.keys().unwrap(),
+            p.stored_keys(),
             ["states:head", "states:n"],
             "only the log's own marks are left"
         );

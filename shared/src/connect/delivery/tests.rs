@@ -320,9 +320,17 @@ fn two_replays_at_once_post_each_batch_once_and_in_order() {
     let (a, b) = (a.unwrap(), b.unwrap());
     // The second waits behind the first's claims rather than skipping ahead: order over speed.
     assert_eq!(a.replayed + b.replayed, 12, "every resource once");
-    assert_eq!(*connect.posts.borrow(), queued.queued.len(), "no batch posted twice");
+    assert_eq!(
+        *connect.posts.borrow(),
+        queued.queued.len(),
+        "no batch posted twice"
+    );
     let expected: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
-    assert_eq!(*connect.received.borrow(), expected, "in the order they were queued");
+    assert_eq!(
+        *connect.received.borrow(),
+        expected,
+        "in the order they were queued"
+    );
     assert!(outbox::list(&vault).unwrap().is_empty());
 }
 
