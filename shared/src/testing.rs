@@ -87,6 +87,13 @@ impl KeyValue for FakePlatform {
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.check_store()?;
+        // The limits Fermyon Cloud enforces, so a unit test catches a breach before a deployment does.
+        if key.len() > crate::ports::MAX_KEY_BYTES || value.len() > crate::ports::MAX_VALUE_BYTES {
+            return Err(StoreError::Backend(format!(
+                "`{key}` ({} bytes) is over the store's limits",
+                value.len()
+            )));
+        }
         self.store
             .borrow_mut()
             .insert(key.to_string(), value.to_vec());
