@@ -1,12 +1,12 @@
 //! `GET /bluebutton/authorize`: sends the beneficiary to CMS with a fresh state and PKCE challenge.
 //!
-//! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
+//! A thin adapter: every rule is in `shared`. Built for `wasm32-wasip2` only (natively this crate is empty).
 #![cfg(target_arch = "wasm32")]
 
-use shared::spin::SpinPlatform;
-use spin_sdk::http_component;
+use shared::http::routes::Authorize;
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
-#[http_component]
-async fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-    shared::handlers::authorize(&SpinPlatform::new(), req).await
+#[spin_sdk::http_component]
+async fn handle(req: IncomingRequest, outparam: ResponseOutparam) {
+    shared::spin::serve(Authorize, req, outparam).await
 }

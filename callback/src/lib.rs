@@ -1,12 +1,13 @@
-//! `GET /bluebutton/callback`: CMS sends the beneficiary back here with a code (or a refusal).
+//! `GET /bluebutton/callback`: exchanges CMS's code for tokens and answers an opaque session;
+//! `DELETE /bluebutton/session` ends one.
 //!
-//! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
+//! A thin adapter: every rule is in `shared`. Built for `wasm32-wasip2` only (natively this crate is empty).
 #![cfg(target_arch = "wasm32")]
 
-use shared::spin::SpinPlatform;
-use spin_sdk::http_component;
+use shared::http::routes::Callback;
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
-#[http_component]
-async fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-    shared::handlers::callback(&SpinPlatform::new(), req).await
+#[spin_sdk::http_component]
+async fn handle(req: IncomingRequest, outparam: ResponseOutparam) {
+    shared::spin::serve(Callback, req, outparam).await
 }

@@ -1,12 +1,12 @@
-//! `/bluebutton/connect/...`: delivery to LinuxForHealth connect and its outbox.
+//! `/bluebutton/connect/...`: admin delivery to LinuxForHealth connect, its outbox and dead letters.
 //!
-//! Built for `wasm32-wasip2` only: natively this crate is empty (its rules are tested in `shared`).
+//! A thin adapter: every rule is in `shared`. Built for `wasm32-wasip2` only (natively this crate is empty).
 #![cfg(target_arch = "wasm32")]
 
-use shared::spin::SpinPlatform;
-use spin_sdk::http_component;
+use shared::http::routes::ConnectPush;
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
-#[http_component]
-async fn handle(req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-    shared::handlers::connect_push(&SpinPlatform::new(), req).await
+#[spin_sdk::http_component]
+async fn handle(req: IncomingRequest, outparam: ResponseOutparam) {
+    shared::spin::serve(ConnectPush, req, outparam).await
 }

@@ -1,17 +1,17 @@
-//! Spin variables, read and validated per request into typed settings. A missing or malformed one is an
-//! `Error::Config` naming it (a clear 500), never a panic.
+//! Spin variables, read and validated per request into typed settings. Every setting's name, default and
+//! bounds are written here once; a missing or malformed one is an `Error::Config` naming it (a clear
+//! 500), never a panic.
 
 use url::Url;
 
+use crate::error::Error;
 use crate::ports::Variables;
-use crate::problem::Error;
 
 /// Reads a variable the component must have.
 pub fn required(vars: &impl Variables, name: &str) -> Result<String, Error> {
-    match vars.variable(name) {
-        Ok(Some(value)) if !value.trim().is_empty() => Ok(value),
-        Ok(_) => Err(Error::Config(format!("the variable `{name}` is not set"))),
-        Err(err) => Err(Error::Config(format!("cannot read `{name}`: {err}"))),
+    match optional(vars, name)? {
+        Some(value) => Ok(value),
+        None => Err(Error::Config(format!("the variable `{name}` is not set"))),
     }
 }
 
@@ -36,31 +36,112 @@ pub fn origin(vars: &impl Variables, name: &str) -> Result<String, Error> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
-/// A whole number within bounds, with a default when unset.
-pub fn number(
-    vars: &impl Variables,
-    name: &str,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<u64, Error> {
-    match optional(vars, name)? {
-        None => Ok(default),
-        Some(text) => text
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "`{name}` must be a whole number from {} to {}",
-                    range.start(),
-                    range.end()
-                ))
-            }),
+/// A whole-number setting: its variable, its default and its bounds, declared once.
+pub struct NumberSetting {
+    pub name: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+impl NumberSetting {
+    pub fn load(&self, vars: &impl Variables) -> Result<u64, Error> {
+        match optional(vars, self.name)? {
+            None => Ok(self.default),
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (self.min..=self.max).contains(n))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "`{}` must be a whole number from {} to {}",
+                        self.name, self.min, self.max
+                    ))
+                }),
+        }
     }
 }
 
-/// The OAuth client settings that `authorize` and `callback` share.
+pub const PAGE_SIZE: NumberSetting = NumberSetting {
+    name: "page_size",
+    default: 50,
+    min: 1,
+    // CMS refuses a `_count` over 50.
+    max: 50,
+};
+pub const FETCH_CONCURRENCY: NumberSetting = NumberSetting {
+    name: "fetch_concurrency",
+    default: 4,
+    min: 1,
+    max: 16,
+};
+pub const RESPONSE_BUFFER_BYTES: NumberSetting = NumberSetting {
+    name: "response_buffer_bytes",
+    default: 8 << 20,
+    min: 0,
+    max: 1 << 30,
+};
+pub const CONNECT_BATCH_BYTES: NumberSetting = NumberSetting {
+    name: "connect_batch_bytes",
+    default: 700_000,
+    min: 10_000,
+    max: 10_000_000,
+};
+pub const CONNECT_RATE_LIMIT: NumberSetting = NumberSetting {
+    name: "connect_rate_limit",
+    // connect's own default (slowapi, `CONNECT_RATE_LIMIT`): 10 requests a second per client.
+    default: 10,
+    min: 0,
+    max: 10_000,
+};
+
+pub const STATE_TTL_SECS: NumberSetting = NumberSetting {
+    name: "state_ttl_secs",
+    default: 600,
+    min: 60,
+    max: 3600,
+};
+pub const SESSION_IDLE_SECS: NumberSetting = NumberSetting {
+    name: "session_idle_secs",
+    default: 30 * DAY,
+    min: 60,
+    max: 400 * DAY,
+};
+pub const SESSION_MAX_SECS: NumberSetting = NumberSetting {
+    name: "session_max_secs",
+    // CMS's own grants last 13 months.
+    default: 396 * DAY,
+    min: 60,
+    max: 400 * DAY,
+};
+pub const RETENTION_DAYS: NumberSetting = NumberSetting {
+    name: "retention_days",
+    default: 30,
+    min: 1,
+    max: 3650,
+};
+
+const DAY: u64 = 86_400;
+
+/// When sessions end: unused for `idle_secs` (by their holder or the sync), or `max_secs` after they
+/// began — and never after CMS's grant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    pub idle_secs: i64,
+    pub max_secs: i64,
+}
+
+impl SessionLimits {
+    pub fn load(vars: &impl Variables) -> Result<SessionLimits, Error> {
+        Ok(SessionLimits {
+            idle_secs: SESSION_IDLE_SECS.load(vars)? as i64,
+            max_secs: SESSION_MAX_SECS.load(vars)? as i64,
+        })
+    }
+}
+
+/// The OAuth client settings that `authorize`, `callback` and `fhir-fetch` share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuthClient {
     pub cms_base_url: String,
@@ -83,6 +164,93 @@ impl OAuthClient {
     }
 }
 
+/// The confidential client's secret, read only by the components that talk to CMS's token endpoint.
+pub fn client_secret(vars: &impl Variables) -> Result<String, Error> {
+    required(vars, "cms_client_secret")
+}
+
+/// How a fetch pages through CMS and answers its caller: used by `fhir-fetch`'s route, the sync and
+/// the health check alike.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FetchLimits {
+    /// FHIR `_count` per page.
+    pub page_size: u64,
+    /// CMS pages fetched at once.
+    pub concurrency: usize,
+    /// A Bundle up to this many bytes is answered whole; a larger one streams.
+    pub response_buffer_bytes: usize,
+}
+
+impl FetchLimits {
+    pub fn load(vars: &impl Variables) -> Result<FetchLimits, Error> {
+        Ok(FetchLimits {
+            page_size: PAGE_SIZE.load(vars)?,
+            concurrency: FETCH_CONCURRENCY.load(vars)? as usize,
+            response_buffer_bytes: RESPONSE_BUFFER_BYTES.load(vars)? as usize,
+        })
+    }
+}
+
+/// How resources travel to connect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ConnectMode {
+    /// `collection` Bundles to `/fhir/Bundle`.
+    Bundle,
+    /// Each resource to `/fhir/{type}`.
+    Resource,
+}
+
+/// Whether resources are repaired before delivery (see [`crate::connect::repair`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Repair {
+    DataAbsentReason,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectSettings {
+    pub url: String,
+    /// The largest Bundle posted, in bytes of JSON.
+    pub batch_bytes: usize,
+    pub mode: ConnectMode,
+    /// Posts per second at most (0: unpaced).
+    pub rate_limit: u64,
+    pub repair: Repair,
+    /// How long dead letters are kept.
+    pub retention_days: u64,
+}
+
+impl ConnectSettings {
+    pub fn load(vars: &impl Variables) -> Result<ConnectSettings, Error> {
+        let mode = match optional(vars, "connect_mode")?.as_deref() {
+            None | Some("bundle") => ConnectMode::Bundle,
+            Some("resource") => ConnectMode::Resource,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`connect_mode` must be `bundle` or `resource`, not `{other}`"
+                )))
+            }
+        };
+        let repair = match optional(vars, "connect_repair")?.as_deref() {
+            None | Some("data-absent-reason") => Repair::DataAbsentReason,
+            Some("off") => Repair::Off,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`connect_repair` must be `data-absent-reason` or `off`, not `{other}`"
+                )))
+            }
+        };
+        Ok(ConnectSettings {
+            url: origin(vars, "connect_url")?,
+            batch_bytes: CONNECT_BATCH_BYTES.load(vars)? as usize,
+            mode,
+            rate_limit: CONNECT_RATE_LIMIT.load(vars)?,
+            repair,
+            retention_days: RETENTION_DAYS.load(vars)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,16 +264,18 @@ mod tests {
         let p = p.with_var("redirect_uri", "http://127.0.0.1:3000/bluebutton/callback");
         let err = OAuthClient::load(&p).unwrap_err();
         assert!(err.to_string().contains("cms_base_url"), "{err}");
-        assert_eq!(err.status(), 500);
+        assert!(matches!(err, Error::Config(_)));
     }
 
     #[test]
     fn numbers_are_bounded() {
         let p = FakePlatform::new().with_var("page_size", "51");
-        assert!(number(&p, "page_size", 50, 1..=50).is_err());
+        assert!(PAGE_SIZE.load(&p).is_err());
         let p = p.with_var("page_size", "20");
-        assert_eq!(number(&p, "page_size", 50, 1..=50).unwrap(), 20);
-        assert_eq!(number(&p, "unset", 4, 1..=16).unwrap(), 4);
+        assert_eq!(PAGE_SIZE.load(&p).unwrap(), 20);
+        assert_eq!(FETCH_CONCURRENCY.load(&p).unwrap(), 4);
+        let limits = FetchLimits::load(&p).unwrap();
+        assert_eq!((limits.page_size, limits.concurrency), (20, 4));
     }
 
     #[test]
@@ -117,5 +287,19 @@ mod tests {
         );
         let p = p.with_var("cms_base_url", "ftp://x");
         assert!(origin(&p, "cms_base_url").is_err());
+    }
+
+    #[test]
+    fn connect_settings_name_a_bad_mode() {
+        let p = FakePlatform::new()
+            .with_var("connect_url", "https://127.0.0.1:5000")
+            .with_var("connect_mode", "kafka");
+        let err = ConnectSettings::load(&p).unwrap_err();
+        assert!(err.to_string().contains("connect_mode"), "{err}");
+        let p = p.with_var("connect_mode", "resource");
+        assert_eq!(
+            ConnectSettings::load(&p).unwrap().mode,
+            ConnectMode::Resource
+        );
     }
 }

@@ -1,29 +1,38 @@
-//! Tokens at rest: sealed with XChaCha20-Poly1305 under `token_key`, a fresh random nonce per write, and the
-//! record's key as associated data so a sealed value cannot be moved to another session.
+//! Secrets at rest. Everything the app stores is sealed with XChaCha20-Poly1305 under `token_key`: a
+//! fresh random nonce per write, and the record's key as associated data so a sealed value cannot be
+//! moved to another record. Names that would reveal who a record is about (a patient id, a resource
+//! id) become keyed hashes under a second key derived from the same secret.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use serde::{Deserialize, Serialize};
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::error::Error;
 use crate::ports::{Random, Variables};
-use crate::problem::Error;
 
-/// The AEAD key from the `token_key` variable: 32 bytes, given as base64 (standard or URL-safe) or hex.
+/// The keys derived from the `token_key` variable: 32 bytes, given as base64 (standard or URL-safe) or
+/// hex.
 #[derive(Clone)]
 pub struct TokenKey {
     cipher: XChaCha20Poly1305,
     /// Identifies the key (not secret), so a rotated key is recognised instead of failing obscurely.
-    id: String,
+    id: [u8; 4],
+    /// For keyed hashes of names; derived, so it is never the sealing key itself.
+    names: [u8; 32],
 }
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenKey({})", self.id)
+        write!(f, "TokenKey({})", hex(&self.id))
     }
 }
+
+/// The layout of a sealed value: a version byte, the key id, the nonce, then the ciphertext.
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 4 + 24;
 
 impl TokenKey {
     pub fn load(vars: &impl Variables) -> Result<TokenKey, Error> {
@@ -39,14 +48,19 @@ impl TokenKey {
                     .into(),
             )
         })?;
-        let id = hex(&Sha256::digest(&bytes)[..4]);
+        let digest = Sha256::digest(&bytes);
+        let mut names =
+            <Hmac<Sha256> as Mac>::new_from_slice(&bytes).expect("HMAC takes any key length");
+        names.update(b"bluebutton-spin key names");
         Ok(TokenKey {
             cipher: XChaCha20Poly1305::new(bytes.as_slice().into()),
-            id,
+            id: digest[..4].try_into().expect("4 bytes"),
+            names: names.finalize().into_bytes().into(),
         })
     }
 
-    pub fn seal(&self, random: &impl Random, plaintext: &[u8], aad: &[u8]) -> Sealed {
+    /// Seals `plaintext` for the record at `aad`.
+    pub fn seal(&self, random: &impl Random, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 24];
         random.fill(&mut nonce);
         let ciphertext = self
@@ -59,41 +73,52 @@ impl TokenKey {
                 },
             )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory sizes");
-        Sealed {
-            kid: self.id.clone(),
-            nonce: URL_SAFE_NO_PAD.encode(nonce),
-            ciphertext: URL_SAFE_NO_PAD.encode(ciphertext),
-        }
+        let mut sealed = Vec::with_capacity(HEADER + ciphertext.len());
+        sealed.push(VERSION);
+        sealed.extend_from_slice(&self.id);
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(&ciphertext);
+        sealed
     }
 
-    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Result<Vec<u8>, Error> {
-        if sealed.kid != self.id {
-            return Err(Error::Unauthorized(
-                "this session was sealed under another `token_key`; authorize again".into(),
-            ));
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
+        if sealed.len() < HEADER || sealed[0] != VERSION {
+            return Err(OpenError::Tampered);
         }
-        let nonce = URL_SAFE_NO_PAD.decode(&sealed.nonce).ok();
-        let ciphertext = URL_SAFE_NO_PAD.decode(&sealed.ciphertext).ok();
-        let (Some(nonce), Some(ciphertext)) = (nonce, ciphertext) else {
-            return Err(tampered());
-        };
-        if nonce.len() != 24 {
-            return Err(tampered());
+        if sealed[1..5] != self.id {
+            return Err(OpenError::OtherKey);
         }
         self.cipher
             .decrypt(
-                XNonce::from_slice(&nonce),
+                XNonce::from_slice(&sealed[5..HEADER]),
                 Payload {
-                    msg: &ciphertext,
+                    msg: &sealed[HEADER..],
                     aad,
                 },
             )
-            .map_err(|_| tampered())
+            .map_err(|_| OpenError::Tampered)
+    }
+
+    /// A keyed hash of `name` within `kind` (32 hex digits): a stable key part that reveals nothing.
+    pub fn hide(&self, kind: &str, name: &str) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.names).expect("a 32-byte key");
+        mac.update(kind.as_bytes());
+        mac.update(b"\0");
+        mac.update(name.as_bytes());
+        hex(&mac.finalize().into_bytes()[..16])
     }
 }
 
-fn tampered() -> Error {
-    Error::Unauthorized("the stored session failed its integrity check; authorize again".into())
+/// How many bytes sealing adds.
+pub const SEAL_OVERHEAD: usize = HEADER + 16;
+
+/// Why a sealed value did not open.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum OpenError {
+    #[error("it was sealed under another `token_key`")]
+    OtherKey,
+    #[error("it failed its integrity check")]
+    Tampered,
 }
 
 fn decode_key(text: &str) -> Option<Vec<u8>> {
@@ -115,14 +140,6 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A sealed value as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Sealed {
-    pub kid: String,
-    pub nonce: String,
-    pub ciphertext: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,10 +153,10 @@ mod tests {
         let key = TokenKey::parse(KEY_B64).unwrap();
         let a = key.seal(&p, b"secret token", b"session:1");
         let b = key.seal(&p, b"secret token", b"session:1");
-        assert_ne!(a.nonce, b.nonce);
-        assert_ne!(a.ciphertext, b.ciphertext);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b"secret token".len() + SEAL_OVERHEAD);
         assert_eq!(key.open(&a, b"session:1").unwrap(), b"secret token");
-        assert!(!a.ciphertext.contains("secret"));
+        assert!(!a.windows(6).any(|w| w == b"secret"));
     }
 
     #[test]
@@ -147,17 +164,32 @@ mod tests {
         let p = FakePlatform::new();
         let key = TokenKey::parse(KEY_B64).unwrap();
         let sealed = key.seal(&p, b"secret token", b"session:1");
-        assert!(
-            key.open(&sealed, b"session:2").is_err(),
+        assert_eq!(
+            key.open(&sealed, b"session:2"),
+            Err(OpenError::Tampered),
             "bound to its record"
         );
         let mut flipped = sealed.clone();
-        let mut bytes = URL_SAFE_NO_PAD.decode(&flipped.ciphertext).unwrap();
-        bytes[0] ^= 1;
-        flipped.ciphertext = URL_SAFE_NO_PAD.encode(bytes);
-        assert!(key.open(&flipped, b"session:1").is_err());
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(key.open(&flipped, b"session:1"), Err(OpenError::Tampered));
+        assert_eq!(
+            key.open(&sealed[..10], b"session:1"),
+            Err(OpenError::Tampered)
+        );
         let other = TokenKey::parse(&"11".repeat(32)).unwrap();
-        assert!(other.open(&sealed, b"session:1").is_err());
+        assert_eq!(other.open(&sealed, b"session:1"), Err(OpenError::OtherKey));
+    }
+
+    #[test]
+    fn hidden_names_are_stable_per_kind_and_key() {
+        let key = TokenKey::parse(KEY_B64).unwrap();
+        let other = TokenKey::parse(&"11".repeat(32)).unwrap();
+        let a = key.hide("patient", "-20140000010000");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, key.hide("patient", "-20140000010000"));
+        assert_ne!(a, key.hide("cursor", "-20140000010000"));
+        assert_ne!(a, other.hide("patient", "-20140000010000"));
+        assert!(!a.contains("2014"));
     }
 
     #[test]
@@ -165,7 +197,7 @@ mod tests {
         assert!(TokenKey::parse(&"ab".repeat(32)).is_ok());
         assert!(TokenKey::parse(KEY_B64.trim_end_matches('=')).is_ok());
         let err = TokenKey::parse("c2hvcnQ=").unwrap_err();
-        assert_eq!(err.status(), 500);
+        assert!(matches!(err, Error::Config(_)));
         assert!(err.to_string().contains("token_key"));
         assert!(TokenKey::parse("").is_err());
     }

@@ -1,25 +1,33 @@
 //! bluebutton-spin's models and rules. Everything here runs natively: the world is reached only through
-//! the ports in [`ports`], which the components implement with Spin ([`spin`]) and tests with fakes
-//! ([`testing`]).
+//! the [`ports`], which the components implement with Spin ([`spin`], feature `spin`) and unit tests with
+//! in-memory fakes ([`testing`], feature `testing`).
+//!
+//! The layers, each importing only those before it:
+//! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`], [`crypto`]: the ground;
+//! - [`store`]: sealed records with lifetimes, chunked blobs and ordered logs in the key-value store;
+//! - [`auth`]: the beneficiary's authorization, sessions and their tokens, and the admin key;
+//! - [`connect`]: delivery to LinuxForHealth connect, its outbox and dead letters;
+//! - [`cms`]: reading from CMS, every page, and the admin sync that hands it to connect;
+//! - [`http`]: requests, responses, problem documents, health and one handler per route;
+//! - [`openapi`]: the OpenAPI document, for the `docs` component only (feature `openapi`).
 
-pub mod admin;
-pub mod api;
+pub mod auth;
+pub mod cms;
 pub mod config;
 pub mod connect;
 pub mod crypto;
-pub mod fetch;
+pub mod error;
 pub mod fhir;
-pub mod handlers;
-pub mod oauth;
+pub mod http;
+pub mod keys;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod ports;
-pub mod problem;
 pub mod retry;
-pub mod session;
-pub mod testing;
-pub mod tokens;
-pub mod web;
-
 #[cfg(feature = "spin")]
 pub mod spin;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
-pub use problem::{Error, Problem};
+pub use error::Error;

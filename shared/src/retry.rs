@@ -36,7 +36,11 @@ pub fn is_retryable_status(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
-fn retry_after(resp: &http::Response<Vec<u8>>) -> Option<Duration> {
+/// The longest `Retry-After` believed: a larger one (`1e20`, say) is clamped, never trusted to sleep on.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// A `Retry-After` in seconds (what CMS sends), clamped to [`MAX_RETRY_AFTER`].
+pub fn retry_after(resp: &http::Response<Vec<u8>>) -> Option<Duration> {
     let value = resp
         .headers()
         .get(http::header::RETRY_AFTER)?
@@ -47,7 +51,7 @@ fn retry_after(resp: &http::Response<Vec<u8>>) -> Option<Duration> {
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .map(|s| Duration::from_secs_f64(s.min(MAX_RETRY_AFTER.as_secs_f64())))
 }
 
 impl RetryPolicy {
@@ -192,6 +196,20 @@ mod tests {
         let out = futures::executor::block_on(send(&p, &get(), &RetryPolicy::default()));
         assert_eq!(out.result.unwrap_err(), HttpError::Denied);
         assert_eq!(out.retries, 0);
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_clamped() {
+        assert_eq!(
+            retry_after(&status(429, Some("1e20"))),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_after(&status(429, Some("-1"))), None);
+        assert_eq!(retry_after(&status(429, Some("NaN"))), None);
+        assert_eq!(
+            retry_after(&status(429, Some("2"))),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]

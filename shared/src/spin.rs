@@ -1,20 +1,94 @@
 //! The ports on Spin: the default key-value store, outbound `wasi:http`, Spin variables, WASI clocks and
-//! randomness. Only the component crates use this (feature `spin`).
+//! randomness, and [`serve`], the one entry every component crate calls. Only the component crates use
+//! this (feature `spin`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 use time::OffsetDateTime;
+use wasi::io::streams::{InputStream, StreamError};
 
-use crate::ports::{Clock, HttpClient, HttpError, KeyValue, Random, StoreError, Variables};
+use crate::http::routes::{self, Component};
+use crate::http::write_full;
+use crate::ports::{
+    BodyError, Clock, HttpClient, HttpError, KeyValue, Random, RequestBody, ResponseWriter,
+    StoreError, VariableError, Variables, WriteError,
+};
+
+/// Serves one request of `component`: the request's head is read at once, its body only when the route
+/// asks for it (and never past the route's limit).
+pub async fn serve(component: impl Component, req: IncomingRequest, outparam: ResponseOutparam) {
+    let writer = SpinResponseWriter::new(outparam);
+    match head_of(&req) {
+        Ok(head) => {
+            routes::handle(component, &SpinPlatform::new(), head, SpinBody(req), writer).await
+        }
+        Err(detail) => write_full(writer, crate::Error::BadRequest(detail).into_response()),
+    }
+}
+
+fn head_of(req: &IncomingRequest) -> Result<http::request::Parts, String> {
+    use spin_sdk::http::Method as M;
+    let method = match req.method() {
+        M::Get => http::Method::GET,
+        M::Head => http::Method::HEAD,
+        M::Post => http::Method::POST,
+        M::Put => http::Method::PUT,
+        M::Delete => http::Method::DELETE,
+        M::Connect => http::Method::CONNECT,
+        M::Options => http::Method::OPTIONS,
+        M::Trace => http::Method::TRACE,
+        M::Patch => http::Method::PATCH,
+        M::Other(other) => http::Method::from_bytes(other.as_bytes())
+            .map_err(|_| format!("`{other}` is not an HTTP method"))?,
+    };
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(req.path_with_query().unwrap_or_else(|| "/".into()));
+    for (name, value) in req.headers().entries() {
+        builder = builder.header(name, value);
+    }
+    let (head, ()) = builder
+        .body(())
+        .map_err(|e| format!("an unreadable request: {e}"))?
+        .into_parts();
+    Ok(head)
+}
+
+/// The request body, read from Spin's stream on demand.
+struct SpinBody(IncomingRequest);
+
+impl RequestBody for SpinBody {
+    async fn read(self, limit: usize) -> Result<Vec<u8>, BodyError> {
+        let body = self
+            .0
+            .consume()
+            .map_err(|()| BodyError::Broken("the body was already taken".into()))?;
+        let stream = body
+            .stream()
+            .map_err(|()| BodyError::Broken("the body is not readable".into()))?;
+        let read = read_stream(&stream, limit).await;
+        drop(stream);
+        drop(body);
+        read.map_err(|e| match e {
+            StreamRead::TooLarge => BodyError::TooLarge(limit),
+            StreamRead::Failed(why) => BodyError::Broken(why),
+        })
+    }
+}
+
+use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi_store};
 
 /// Spin's implementation of every port. The store opens lazily: routes that never touch it need no
-/// `key_value_stores` entry.
+/// `key_value_stores` entry. Plain reads and writes go through `fermyon:spin/key-value`; the atomics
+/// through `wasi:keyvalue`, which Spin serves from the same store.
 #[derive(Default)]
 pub struct SpinPlatform {
     store: std::cell::OnceCell<Result<spin_sdk::key_value::Store, StoreError>>,
+    bucket: std::cell::OnceCell<Result<wasi_store::Bucket, StoreError>>,
 }
 
 impl SpinPlatform {
@@ -24,17 +98,35 @@ impl SpinPlatform {
 
     fn store(&self) -> Result<&spin_sdk::key_value::Store, StoreError> {
         self.store
-            .get_or_init(|| {
-                spin_sdk::key_value::Store::open_default()
-                    .map_err(|e| StoreError(format!("cannot open the default store: {e}")))
-            })
+            .get_or_init(|| spin_sdk::key_value::Store::open_default().map_err(store_error))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn bucket(&self) -> Result<&wasi_store::Bucket, StoreError> {
+        self.bucket
+            .get_or_init(|| wasi_store::open("default").map_err(wasi_error))
             .as_ref()
             .map_err(Clone::clone)
     }
 }
 
+fn wasi_error(err: wasi_store::Error) -> StoreError {
+    match err {
+        wasi_store::Error::NoSuchStore => StoreError::NoSuchStore,
+        wasi_store::Error::AccessDenied => StoreError::AccessDenied,
+        wasi_store::Error::Other(why) => StoreError::Backend(why),
+    }
+}
+
 fn store_error(err: spin_sdk::key_value::Error) -> StoreError {
-    StoreError(err.to_string())
+    use spin_sdk::key_value::Error as E;
+    match err {
+        E::NoSuchStore => StoreError::NoSuchStore,
+        E::AccessDenied => StoreError::AccessDenied,
+        E::StoreTableFull => StoreError::Full,
+        E::Other(why) => StoreError::Backend(why),
+    }
 }
 
 impl KeyValue for SpinPlatform {
@@ -47,8 +139,21 @@ impl KeyValue for SpinPlatform {
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.store()?.delete(key).map_err(store_error)
     }
-    fn keys(&self) -> Result<Vec<String>, StoreError> {
-        self.store()?.get_keys().map_err(store_error)
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        atomics::increment(self.bucket()?, key, delta).map_err(wasi_error)
+    }
+    fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let cas = atomics::Cas::new(self.bucket()?, key).map_err(wasi_error)?;
+        if cas.current().map_err(wasi_error)?.as_deref() != Some(expected) {
+            return Ok(false);
+        }
+        match atomics::swap(cas, new) {
+            Ok(()) => {}
+            Err(atomics::CasError::CasFailed(_)) => return Ok(false),
+            Err(atomics::CasError::StoreError(e)) => return Err(wasi_error(e)),
+        }
+        // Spin's Redis store can report an aborted transaction as done: believe only what is stored.
+        Ok(self.get(key)?.as_deref() == Some(new))
     }
 }
 
@@ -72,6 +177,9 @@ impl HttpClient for SpinPlatform {
                 | ErrorCode::HttpResponseTimeout,
             )) => return Err(HttpError::Timeout),
             Err(SendError::Http(code)) => return Err(HttpError::Connection(format!("{code:?}"))),
+            Err(SendError::RequestConversion(e)) => {
+                return Err(HttpError::InvalidRequest(e.to_string()))
+            }
             Err(other) => return Err(HttpError::Other(other.to_string())),
         };
         let mut builder = http::Response::builder().status(response.status());
@@ -86,45 +194,49 @@ impl HttpClient for SpinPlatform {
         if declared.is_some_and(|n| n > MAX_UPSTREAM_BODY_BYTES) {
             return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
         }
-        let body = read_body(response).await?;
+        let body = response
+            .consume()
+            .map_err(|()| HttpError::Other("the response body was already taken".into()))?;
+        let stream = body
+            .stream()
+            .map_err(|()| HttpError::Other("the response body is not readable".into()))?;
+        let read = read_stream(&stream, MAX_UPSTREAM_BODY_BYTES).await;
+        drop(stream);
+        drop(body);
+        let body = read.map_err(|e| match e {
+            StreamRead::TooLarge => HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES),
+            StreamRead::Failed(why) => HttpError::Connection(format!("reading the body: {why}")),
+        })?;
         builder
             .body(body)
             .map_err(|e| HttpError::Other(format!("an unusable response: {e}")))
     }
 }
 
-/// Reads a response body in large reads (spin-sdk's stream reads 16 KiB at a time, and every read is a
-/// host call), waiting on the stream's pollable when nothing is there yet, and stopping past the limit.
-async fn read_body(response: spin_sdk::http::IncomingResponse) -> Result<Vec<u8>, HttpError> {
-    use wasi::io::streams::StreamError;
-    let body = response
-        .consume()
-        .map_err(|()| HttpError::Other("the response body was already taken".into()))?;
-    let stream = body
-        .stream()
-        .map_err(|()| HttpError::Other("the response body is not readable".into()))?;
+enum StreamRead {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a body in large reads (spin-sdk's stream reads 16 KiB at a time, and every read is a host
+/// call), waiting on the stream's pollable when nothing is there yet, and stopping past `limit`.
+async fn read_stream(stream: &InputStream, limit: usize) -> Result<Vec<u8>, StreamRead> {
     let mut out = Vec::new();
     loop {
         match stream.read(1 << 20) {
             Ok(bytes) if bytes.is_empty() => Ready(Some(stream.subscribe())).await,
             Ok(bytes) => {
-                if out.len() + bytes.len() > MAX_UPSTREAM_BODY_BYTES {
-                    return Err(HttpError::TooLarge(MAX_UPSTREAM_BODY_BYTES));
+                if out.len() + bytes.len() > limit {
+                    return Err(StreamRead::TooLarge);
                 }
                 out.extend_from_slice(&bytes);
             }
-            Err(StreamError::Closed) => break,
+            Err(StreamError::Closed) => return Ok(out),
             Err(StreamError::LastOperationFailed(e)) => {
-                return Err(HttpError::Connection(format!(
-                    "reading the body: {}",
-                    e.to_debug_string()
-                )))
+                return Err(StreamRead::Failed(e.to_debug_string()))
             }
         }
     }
-    drop(stream);
-    drop(body);
-    Ok(out)
 }
 
 /// Resolves once its pollable is ready, waking through Spin's executor.
@@ -184,25 +296,28 @@ impl Random for SpinPlatform {
 }
 
 impl Variables for SpinPlatform {
-    fn variable(&self, name: &str) -> Result<Option<String>, String> {
+    fn variable(&self, name: &str) -> Result<Option<String>, VariableError> {
+        use spin_sdk::variables::Error as E;
         match spin_sdk::variables::get(name) {
             Ok(value) => Ok(Some(value)),
-            Err(spin_sdk::variables::Error::Undefined(_)) => Ok(None),
-            Err(err) => Err(err.to_string()),
+            Err(E::Undefined(_)) => Ok(None),
+            Err(E::InvalidName(_)) => Err(VariableError::InvalidName(name.to_string())),
+            Err(E::Provider(why) | E::Other(why)) => Err(VariableError::Provider(why)),
         }
     }
 }
 
 /// Writes a response through Spin's response outparam, streaming the body.
-pub struct SpinResponseWriter {
-    outparam: Option<spin_sdk::http::ResponseOutparam>,
-    body: Option<(spin_sdk::http::OutgoingBody, SpinOutputStream)>,
+struct SpinResponseWriter {
+    outparam: Option<ResponseOutparam>,
+    body: Option<(
+        spin_sdk::http::OutgoingBody,
+        wasi::io::streams::OutputStream,
+    )>,
 }
 
-type SpinOutputStream = wasi::io::streams::OutputStream;
-
 impl SpinResponseWriter {
-    pub fn new(outparam: spin_sdk::http::ResponseOutparam) -> Self {
+    fn new(outparam: ResponseOutparam) -> Self {
         SpinResponseWriter {
             outparam: Some(outparam),
             body: None,
@@ -210,32 +325,34 @@ impl SpinResponseWriter {
     }
 }
 
-impl crate::ports::ResponseWriter for SpinResponseWriter {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
-        let outparam = self
-            .outparam
-            .take()
-            .ok_or("the response was already started")?;
+impl ResponseWriter for SpinResponseWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), WriteError> {
+        let outparam = self.outparam.take().ok_or(WriteError::AlreadyStarted)?;
         let fields: Vec<(String, Vec<u8>)> = headers
             .iter()
             .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
             .collect();
-        let fields = spin_sdk::http::Fields::from_list(&fields).map_err(|e| format!("{e:?}"))?;
+        let fields = spin_sdk::http::Fields::from_list(&fields)
+            .map_err(|e| WriteError::InvalidHead(format!("{e:?}")))?;
         let response = spin_sdk::http::OutgoingResponse::new(fields);
         response
             .set_status_code(status)
-            .map_err(|()| format!("invalid status {status}"))?;
-        let body = response.body().map_err(|()| "no response body")?;
-        let stream = body.write().map_err(|()| "response body not writable")?;
+            .map_err(|()| WriteError::InvalidHead(format!("status {status}")))?;
+        let body = response
+            .body()
+            .map_err(|()| WriteError::InvalidHead("no response body".into()))?;
+        let stream = body
+            .write()
+            .map_err(|()| WriteError::InvalidHead("the response body is not writable".into()))?;
         outparam.set(response);
         self.body = Some((body, stream));
         Ok(())
     }
 
-    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
-        let (_, stream) = self.body.as_ref().ok_or("the response was not started")?;
+    fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
+        let (_, stream) = self.body.as_ref().ok_or(WriteError::NotStarted)?;
         // As much per call as the host permits (`blocking-write-and-flush` takes 4 KiB at a time).
-        let gone = |e| format!("the client went away: {e:?}");
+        let gone = |e: StreamError| WriteError::Gone(format!("{e:?}"));
         let mut rest = chunk;
         while !rest.is_empty() {
             let permit = stream.check_write().map_err(gone)? as usize;
@@ -259,14 +376,4 @@ impl crate::ports::ResponseWriter for SpinResponseWriter {
             // Dropped unfinished, the body is reported to the client as broken.
         }
     }
-}
-
-/// Reads a Spin request into plain `http` types.
-pub async fn read_request(
-    req: spin_sdk::http::IncomingRequest,
-) -> Result<http::Request<Vec<u8>>, String> {
-    use spin_sdk::http::conversions::TryFromIncomingRequest;
-    http::Request::<Vec<u8>>::try_from_incoming_request(req)
-        .await
-        .map_err(|e| e.to_string())
 }

@@ -1,4 +1,5 @@
-//! In-memory implementations of the ports, for unit tests of the rules (here and in other crates).
+//! In-memory implementations of the ports, for unit tests of the rules (feature `testing`; never in a
+//! component).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::ports::{Clock, HttpClient, HttpError, KeyValue, Random, StoreError, Variables};
+use crate::ports::{
+    Clock, HttpClient, HttpError, KeyValue, Random, ResponseWriter, StoreError, VariableError,
+    Variables, WriteError,
+};
 
 type Handler = dyn Fn(&http::Request<Vec<u8>>) -> Result<http::Response<Vec<u8>>, HttpError>;
 
@@ -62,9 +66,14 @@ impl FakePlatform {
         self.now.set(self.now.get() + by);
     }
 
+    /// Every key stored, in order (for tests: the app itself cannot list keys).
+    pub fn stored_keys(&self) -> Vec<String> {
+        self.store.borrow().keys().cloned().collect()
+    }
+
     fn check_store(&self) -> Result<(), StoreError> {
         if self.fail_store.get() {
-            Err(StoreError("injected failure".into()))
+            Err(StoreError::Backend("injected failure".into()))
         } else {
             Ok(())
         }
@@ -78,6 +87,13 @@ impl KeyValue for FakePlatform {
     }
     fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.check_store()?;
+        // The limits Fermyon Cloud enforces, so a unit test catches a breach before a deployment does.
+        if key.len() > crate::ports::MAX_KEY_BYTES || value.len() > crate::ports::MAX_VALUE_BYTES {
+            return Err(StoreError::Backend(format!(
+                "`{key}` ({} bytes) is over the store's limits",
+                value.len()
+            )));
+        }
         self.store
             .borrow_mut()
             .insert(key.to_string(), value.to_vec());
@@ -88,9 +104,30 @@ impl KeyValue for FakePlatform {
         self.store.borrow_mut().remove(key);
         Ok(())
     }
-    fn keys(&self) -> Result<Vec<String>, StoreError> {
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
         self.check_store()?;
-        Ok(self.store.borrow().keys().cloned().collect())
+        let mut store = self.store.borrow_mut();
+        let current = match store.get(key) {
+            None => 0,
+            Some(bytes) => i64::from_le_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Backend(format!("`{key}` does not hold a number")))?,
+            ),
+        };
+        let sum = current + delta;
+        store.insert(key.to_string(), sum.to_le_bytes().to_vec());
+        Ok(sum)
+    }
+    fn compare_and_swap(&self, key: &str, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        self.check_store()?;
+        let mut store = self.store.borrow_mut();
+        if store.get(key).map(Vec::as_slice) != Some(expected) {
+            return Ok(false);
+        }
+        store.insert(key.to_string(), new.to_vec());
+        Ok(true)
     }
 }
 
@@ -99,6 +136,8 @@ impl HttpClient for FakePlatform {
         &self,
         request: http::Request<Vec<u8>>,
     ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        // A network call suspends its caller: concurrent requests interleave here, as they would.
+        YieldOnce(false).await;
         let result = match self.handler.borrow().as_ref() {
             Some(handler) => handler(&request),
             None => Err(HttpError::Connection("no upstream in this test".into())),
@@ -108,12 +147,32 @@ impl HttpClient for FakePlatform {
     }
 }
 
+/// Pending once, then ready: lets the executor run the other futures in between.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
 impl Clock for FakePlatform {
     fn now(&self) -> OffsetDateTime {
         self.now.get()
     }
     async fn sleep(&self, duration: Duration) {
         self.advance(duration);
+        YieldOnce(false).await;
     }
 }
 
@@ -132,7 +191,7 @@ impl Random for FakePlatform {
 }
 
 impl Variables for FakePlatform {
-    fn variable(&self, name: &str) -> Result<Option<String>, String> {
+    fn variable(&self, name: &str) -> Result<Option<String>, VariableError> {
         Ok(self.vars.get(name).cloned())
     }
 }
@@ -148,7 +207,7 @@ pub struct CapturedResponse {
     pub complete: Option<bool>,
 }
 
-/// A [`ResponseWriter`](crate::ports::ResponseWriter) into a shared [`CapturedResponse`].
+/// A [`ResponseWriter`] into a shared [`CapturedResponse`].
 #[derive(Clone, Default)]
 pub struct CaptureWriter(pub Rc<RefCell<CapturedResponse>>);
 
@@ -161,14 +220,14 @@ impl CapturedResponse {
     }
 }
 
-impl crate::ports::ResponseWriter for CaptureWriter {
-    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), String> {
+impl ResponseWriter for CaptureWriter {
+    fn start(&mut self, status: u16, headers: &[(String, String)]) -> Result<(), WriteError> {
         let mut c = self.0.borrow_mut();
         c.status = status;
         c.headers = headers.to_vec();
         Ok(())
     }
-    fn write(&mut self, chunk: &[u8]) -> Result<(), String> {
+    fn write(&mut self, chunk: &[u8]) -> Result<(), WriteError> {
         let mut c = self.0.borrow_mut();
         c.body.extend_from_slice(chunk);
         c.writes += 1;

@@ -11,8 +11,8 @@ use base64::Engine;
 use futures::executor::block_on;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use shared::handlers;
-use shared::ports::{HttpError, KeyValue};
+use shared::http::routes::{Authorize, Callback, Component, FhirFetch};
+use shared::ports::HttpError;
 use shared::testing::{CaptureWriter, FakePlatform};
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -35,6 +35,34 @@ fn form(req: &http::Request<Vec<u8>>) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.body())
         .into_owned()
         .collect()
+}
+
+/// Serves a request the way a component does: through `shared`'s one entry.
+fn serve(
+    p: &FakePlatform,
+    component: impl Component,
+    req: http::Request<Vec<u8>>,
+) -> http::Response<Vec<u8>> {
+    let (head, body) = req.into_parts();
+    let writer = CaptureWriter::default();
+    block_on(shared::http::routes::handle(
+        component,
+        p,
+        head,
+        body,
+        writer.clone(),
+    ));
+    let captured = writer.0.borrow().clone();
+    assert_eq!(captured.complete, Some(true));
+    let mut resp = http::Response::new(captured.body);
+    *resp.status_mut() = http::StatusCode::from_u16(captured.status).unwrap();
+    for (name, value) in &captured.headers {
+        resp.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    resp
 }
 
 fn json_body(resp: &http::Response<Vec<u8>>) -> Value {
@@ -146,7 +174,7 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
 
 /// Runs authorize, lets the fake CMS issue a code for the challenge, and returns the callback query.
 fn authorize(p: &FakePlatform, cms: &Rc<RefCell<FakeCms>>) -> String {
-    let resp = block_on(handlers::authorize(p, get("/bluebutton/authorize")));
+    let resp = serve(p, Authorize, get("/bluebutton/authorize"));
     assert_eq!(resp.status(), 302);
     let location = resp.headers()["location"].to_str().unwrap();
     let q: HashMap<String, String> = url::Url::parse(location)
@@ -163,7 +191,7 @@ fn authorize(p: &FakePlatform, cms: &Rc<RefCell<FakeCms>>) -> String {
 
 fn login(p: &FakePlatform, cms: &Rc<RefCell<FakeCms>>) -> String {
     let callback = authorize(p, cms);
-    let resp = block_on(handlers::callback(p, get(&callback)));
+    let resp = serve(p, Callback, get(&callback));
     assert_eq!(
         resp.status(),
         200,
@@ -178,7 +206,7 @@ fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
     let p = platform();
     let cms = install_cms(&p, 3600);
     let callback = authorize(&p, &cms);
-    let resp = block_on(handlers::callback(&p, get(&callback)));
+    let resp = serve(&p, Callback, get(&callback));
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let body = json_body(&resp);
@@ -203,8 +231,8 @@ fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
     }
     // A replayed callback fails before reaching CMS.
     let calls = p.sent.borrow().len();
-    let replay = block_on(handlers::callback(&p, get(&callback)));
-    assert_eq!(replay.status(), 400);
+    let replay = serve(&p, Callback, get(&callback));
+    assert_eq!(replay.status(), 403);
     assert_eq!(p.sent.borrow().len(), calls);
 }
 
@@ -214,18 +242,24 @@ fn denied_consent_is_403_and_consumes_the_state() {
     let cms = install_cms(&p, 3600);
     let callback = authorize(&p, &cms);
     let state = callback.split("state=").nth(1).unwrap();
-    let resp = block_on(handlers::callback(
+    let resp = serve(
         &p,
+        Callback,
         get(&format!(
             "/bluebutton/callback?error=access_denied&state={state}"
         )),
-    ));
+    );
     assert_eq!(resp.status(), 403);
     assert!(json_body(&resp)["detail"]
         .as_str()
         .unwrap()
         .contains("declined"));
-    assert!(p.keys().unwrap().is_empty(), "state consumed");
+    let left = p.stored_keys();
+    assert!(
+        left.iter()
+            .all(|k| k.starts_with("states:n") || k.starts_with("states:head")),
+        "state consumed: {left:?}"
+    );
     assert!(p.sent.borrow().is_empty());
 }
 
@@ -236,7 +270,7 @@ fn cms_refusals_and_outages_map_to_clear_gateway_errors() {
     // A code CMS does not know: CMS's `error` is in the detail.
     let callback = authorize(&p, &cms);
     let forged = callback.replace("code=code-", "code=other-");
-    let resp = block_on(handlers::callback(&p, get(&forged)));
+    let resp = serve(&p, Callback, get(&forged));
     assert_eq!(resp.status(), 502);
     assert!(json_body(&resp)["detail"]
         .as_str()
@@ -246,14 +280,14 @@ fn cms_refusals_and_outages_map_to_clear_gateway_errors() {
     // Transient 503s are retried.
     let callback = authorize(&p, &cms);
     cms.borrow_mut().fail_next = vec![503, 503];
-    let resp = block_on(handlers::callback(&p, get(&callback)));
+    let resp = serve(&p, Callback, get(&callback));
     assert_eq!(resp.status(), 200);
 
     // A wrong client secret: CMS's 401 invalid_client becomes a 502 naming it.
     let p2 = platform().with_var("cms_client_secret", "wrong");
     let cms2 = install_cms(&p2, 3600);
     let callback = authorize(&p2, &cms2);
-    let resp = block_on(handlers::callback(&p2, get(&callback)));
+    let resp = serve(&p2, Callback, get(&callback));
     assert_eq!(resp.status(), 502);
     assert!(json_body(&resp)["detail"]
         .as_str()
@@ -262,27 +296,32 @@ fn cms_refusals_and_outages_map_to_clear_gateway_errors() {
 }
 
 #[test]
-fn a_bad_token_key_is_a_clear_500_without_burning_the_state() {
+fn a_bad_token_key_is_a_clear_500_before_any_state_is_made() {
     let p = platform().with_var("token_key", "too-short");
-    let cms = install_cms(&p, 3600);
-    let callback = authorize(&p, &cms);
-    let resp = block_on(handlers::callback(&p, get(&callback)));
+    let resp = serve(&p, Authorize, get("/bluebutton/authorize"));
     assert_eq!(resp.status(), 500);
     assert!(json_body(&resp)["detail"]
         .as_str()
         .unwrap()
         .contains("token_key"));
-    assert_eq!(p.keys().unwrap().len(), 1, "the state is still usable");
+    assert!(p.stored_keys().is_empty(), "nothing stored");
 }
 
-fn fhir_request(p: &FakePlatform, req: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
-    let writer = CaptureWriter::default();
-    block_on(shared::fetch::fhir_fetch(p, req, writer.clone()));
-    let captured = writer.0.borrow().clone();
-    assert_eq!(captured.complete, Some(true));
-    let mut resp = http::Response::new(captured.body);
-    *resp.status_mut() = http::StatusCode::from_u16(captured.status).unwrap();
-    resp
+#[test]
+fn a_missing_client_secret_is_a_clear_500_without_burning_the_state() {
+    let mut p = platform();
+    let cms = install_cms(&p, 3600);
+    let callback = authorize(&p, &cms);
+    p.vars.remove("cms_client_secret");
+    let resp = serve(&p, Callback, get(&callback));
+    assert_eq!(resp.status(), 500);
+    assert!(json_body(&resp)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("cms_client_secret"));
+    let p = p.with_var("cms_client_secret", "secret456");
+    let resp = serve(&p, Callback, get(&callback));
+    assert_eq!(resp.status(), 200, "the state was still usable");
 }
 
 fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
@@ -291,7 +330,7 @@ fn fhir(p: &FakePlatform, session: &str) -> http::Response<Vec<u8>> {
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();
-    fhir_request(p, req)
+    serve(p, FhirFetch, req)
 }
 
 #[test]
@@ -316,30 +355,54 @@ fn tokens_are_refreshed_early_and_rotation_is_persisted() {
 }
 
 #[test]
-fn a_concurrent_refresh_that_lost_the_race_uses_the_winners_tokens() {
+fn a_request_that_read_the_session_before_a_refresh_uses_the_new_tokens() {
     let p = platform();
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     p.advance(Duration::from_secs(3600 - 30));
 
-    let key = shared::crypto::TokenKey::parse(KEY).unwrap();
-    let ctx = shared::tokens::TokenContext::load(&p).unwrap();
+    let ctx = shared::auth::tokens::TokenContext::load(&p).unwrap();
+    let vault = shared::store::Vault::new(&p, &ctx.key);
     // Two requests read the same session before either refreshes.
-    let mut first = shared::session::authenticate(&p, &key, Some(&session)).unwrap();
-    let mut second = shared::session::authenticate(&p, &key, Some(&session)).unwrap();
-    let a = block_on(shared::tokens::access_token(&p, &ctx, &mut first, false)).unwrap();
-    let b = block_on(shared::tokens::access_token(&p, &ctx, &mut second, false)).unwrap();
-    assert_eq!(a, "access-2");
+    let authenticate =
+        || shared::auth::session::authenticate(&vault, &ctx.limits, Some(&session)).unwrap();
+    let (mut first, mut second) = (authenticate(), authenticate());
+    let access = |s| block_on(shared::auth::tokens::access_token(&vault, &ctx, s, None)).unwrap();
+    assert_eq!(access(&mut first), "access-2");
     assert_eq!(
-        b, "access-2",
-        "the loser re-read the store instead of failing"
+        access(&mut second),
+        "access-2",
+        "the other read the store, not CMS"
     );
-    assert_eq!(
-        cms.borrow().refreshes,
-        2,
-        "the loser's refresh was refused by CMS"
-    );
+    assert_eq!(cms.borrow().refreshes, 1);
     assert_eq!(fhir(&p, &session).status(), 200);
+}
+
+#[test]
+fn eight_concurrent_requests_after_expiry_refresh_once() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    p.advance(Duration::from_secs(3600 - 30));
+    let requests = (0..8).map(|_| {
+        let req = http::Request::get("/bluebutton/fhir/Patient?push=false")
+            .header("spin-path-info", "/Patient")
+            .header("Authorization", format!("Bearer {session}"))
+            .body(Vec::new())
+            .unwrap();
+        let (head, body) = req.into_parts();
+        let writer = CaptureWriter::default();
+        let done = writer.clone();
+        let p = &p;
+        async move {
+            shared::http::routes::handle(FhirFetch, p, head, body, writer).await;
+            let status = done.0.borrow().status;
+            status
+        }
+    });
+    let statuses = block_on(futures::future::join_all(requests));
+    assert_eq!(statuses, [200; 8]);
+    assert_eq!(cms.borrow().refreshes, 1, "one refresh for all eight");
 }
 
 #[test]
@@ -352,7 +415,7 @@ fn revoke_ends_the_session_and_a_dead_grant_asks_to_authorize_again() {
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();
-    let resp = block_on(handlers::callback(&p, delete));
+    let resp = serve(&p, Callback, delete);
     assert_eq!(resp.status(), 204);
     assert!(cms.borrow().revoked);
     assert_eq!(fhir(&p, &session).status(), 401);
@@ -376,5 +439,5 @@ fn another_patients_id_is_forbidden() {
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();
-    assert_eq!(fhir_request(&p, req).status(), 403);
+    assert_eq!(serve(&p, FhirFetch, req).status(), 403);
 }

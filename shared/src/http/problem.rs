@@ -1,38 +1,16 @@
-//! The one error type of the app and its single mapping to HTTP: `application/problem+json` (RFC 9457).
+//! The single mapping of [`Error`] to HTTP: an `application/problem+json` document (RFC 9457).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::ports::StoreError;
-use crate::web::{json_response, Response};
-
-/// Every way a request can fail. The message is the problem's `detail`: it must never contain a secret.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    /// The detail, and the methods the route does allow (its `Allow` header).
-    #[error("{0}")]
-    MethodNotAllowed(String, &'static str),
-    /// A variable is missing or malformed: the operator must fix the deployment.
-    #[error("configuration error: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// An upstream (CMS or connect) answered with an error or garbage.
-    #[error("{0}")]
-    BadGateway(String),
-    #[error("{0}")]
-    GatewayTimeout(String),
-}
+use crate::error::Error;
+use crate::http::{json_response, Response};
 
 /// An RFC 9457 problem document: every error this API answers.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema, utoipa::ToResponse)]
+#[response(
+    description = "A problem document (RFC 9457); `detail` says what went wrong and what to do",
+    content_type = "application/problem+json"
+)]
 #[schema(example = json!({"type": "https://bluebutton-spin.dev/problems/unauthorized", "title": "Unauthorized", "status": 401, "detail": "unknown or revoked session"}))]
 pub struct Problem {
     #[serde(rename = "type")]
@@ -49,7 +27,8 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
-            Error::MethodNotAllowed(..) => 405,
+            Error::MethodNotAllowed { .. } => 405,
+            Error::PayloadTooLarge(_) => 413,
             Error::Config(_) | Error::Store(_) => 500,
             Error::BadGateway(_) => 502,
             Error::GatewayTimeout(_) => 504,
@@ -62,7 +41,8 @@ impl Error {
             Error::Unauthorized(_) => ("unauthorized", "Unauthorized"),
             Error::Forbidden(_) => ("forbidden", "Forbidden"),
             Error::NotFound(_) => ("not-found", "Not found"),
-            Error::MethodNotAllowed(..) => ("method-not-allowed", "Method not allowed"),
+            Error::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
+            Error::PayloadTooLarge(_) => ("payload-too-large", "Payload too large"),
             Error::Config(_) => ("configuration", "Server misconfigured"),
             Error::Store(_) => ("storage", "Key-value store failure"),
             Error::BadGateway(_) => ("upstream", "Upstream failure"),
@@ -81,24 +61,35 @@ impl Error {
     }
 
     pub fn into_response(self) -> Response {
+        if let Error::Store(inner) = &self {
+            eprintln!("key-value store failure: {inner}");
+        }
         let problem = self.problem();
         let mut resp = json_response(problem.status, &problem);
-        resp.headers_mut().insert(
+        let headers = resp.headers_mut();
+        headers.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/problem+json"),
         );
-        if let Error::Unauthorized(_) = self {
-            resp.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Bearer realm=\"bluebutton-spin\""),
-            );
-        }
-        if let Error::MethodNotAllowed(_, allow) = self {
-            resp.headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        match self {
+            Error::Unauthorized(_) => {
+                headers.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer realm=\"bluebutton-spin\""),
+                );
+            }
+            Error::MethodNotAllowed { allow, .. } => {
+                headers.insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         resp
     }
+}
+
+/// A handler's outcome as a response: its own, or the problem it ran into.
+pub fn respond(result: Result<Response, Error>) -> Response {
+    result.unwrap_or_else(Error::into_response)
 }
 
 #[cfg(test)]
@@ -121,9 +112,12 @@ mod tests {
     }
 
     #[test]
-    fn unauthorized_names_the_scheme() {
+    fn unauthorized_names_the_scheme_and_405_the_methods() {
         let resp = Error::Unauthorized("no session".into()).into_response();
         assert!(resp.headers().contains_key(http::header::WWW_AUTHENTICATE));
+        let resp = Error::method_not_allowed(&http::Method::PUT, "GET").into_response();
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()[http::header::ALLOW], "GET");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The beneficiary's authorization: a single-use, expiring `state` paired with a PKCE S256 verifier, and
-//! the CMS authorize URL built from them.
+//! The OAuth conversation with CMS: the authorize URL (with the PKCE S256 challenge and a state from
+//! [`crate::auth::state`]), the code exchange, refresh and revocation.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -7,20 +7,11 @@ use oauth2::{CsrfToken, PkceCodeChallenge, PkceCodeVerifier};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::auth::session::TokenSet;
 use crate::config::OAuthClient;
-use crate::ports::{Clock, KeyValue, Random};
-use crate::problem::Error;
-
-/// How long a beneficiary has to log in and consent at CMS.
-pub const STATE_TTL_SECS: i64 = 600;
-
-/// What `authorize` keeps under `state:{state}` for `callback`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingAuthorization {
-    pub verifier: String,
-    pub created_at: i64,
-    pub return_to: Option<String>,
-}
+use crate::error::Error;
+use crate::ports::{Clock, HttpError, Platform, Random};
+use crate::retry::{self, RetryPolicy};
 
 /// Where to send the beneficiary (for API clients that ask for JSON instead of a redirect).
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -29,23 +20,34 @@ pub struct AuthorizationStart {
     pub expires_in: i64,
 }
 
-fn random_token(random: &impl Random, bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    random.fill(&mut buf);
-    URL_SAFE_NO_PAD.encode(buf)
+/// The characters a path segment may hold unencoded (RFC 3986 `pchar`, with `%` for escapes).
+const PATH_CHARS: &str = "-._~!$&'()*+,;=:@%";
+
+/// `return_to` as the OpenAPI document states it: a plain local path of non-empty segments. Anything
+/// else (a scheme, `//host`, a backslash, a control character a browser would drop) could make the app
+/// an open redirector. (`$(?!\n)` ends the match at the very end in Python's dialect too.)
+pub const RETURN_TO_PATTERN: &str =
+    "^/([A-Za-z0-9._~!$&'()*+,;=:@%-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*/?)?$(?!\\n)";
+
+pub fn is_local_path(target: &str) -> bool {
+    let Some(rest) = target.strip_prefix('/') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    !rest.is_empty()
+        && rest.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || PATH_CHARS.contains(c))
+        })
 }
 
-fn state_key(state: &str) -> String {
-    format!("state:{state}")
-}
-
-/// Creates and stores a state and PKCE verifier, and returns where to send the beneficiary.
-pub fn begin<P: KeyValue + Clock + Random>(
-    platform: &P,
-    client: &OAuthClient,
-    lang: Option<&str>,
-    return_to: Option<&str>,
-) -> Result<AuthorizationStart, Error> {
+/// Checks what the caller asked for, before anything is stored.
+pub fn check_request(lang: Option<&str>, return_to: Option<&str>) -> Result<(), Error> {
     if let Some(lang) = lang {
         if !matches!(lang, "en" | "es") {
             return Err(Error::BadRequest(
@@ -54,27 +56,33 @@ pub fn begin<P: KeyValue + Clock + Random>(
         }
     }
     if let Some(target) = return_to {
-        // Only our own paths: anything else would make us an open redirector.
-        if !target.starts_with('/') || target.starts_with("//") || target.contains('\\') {
+        if !is_local_path(target) {
             return Err(Error::BadRequest(
-                "`return_to` must be a path on this server, such as /app".into(),
+                "`return_to` must be a plain path on this server, such as /app".into(),
             ));
         }
     }
-    // 32 random bytes: a 43-character state (CMS needs ≥ 16) and, from 64 more, an 86-character verifier
-    // (RFC 7636 allows 43–128 of the unreserved set, which base64url is).
-    let state = CsrfToken::new(random_token(platform, 32));
-    let verifier = PkceCodeVerifier::new(random_token(platform, 64));
-    let challenge = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
+    Ok(())
+}
 
-    let pending = PendingAuthorization {
-        verifier: verifier.secret().clone(),
-        created_at: platform.now().unix_timestamp(),
-        return_to: return_to.map(str::to_string),
-    };
-    let value = serde_json::to_vec(&pending).expect("serializable");
-    platform.set(&state_key(state.secret()), &value)?;
+/// A fresh PKCE S256 verifier: 64 random bytes, an 86-character verifier (RFC 7636 allows 43–128
+/// characters of the unreserved set, which base64url is).
+pub fn new_verifier(random: &impl Random) -> String {
+    let mut bytes = [0u8; 64];
+    random.fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
 
+/// CMS's authorize URL for a stored state and its verifier's challenge.
+pub fn authorize_url(
+    client: &OAuthClient,
+    state: &str,
+    verifier: &str,
+    lang: Option<&str>,
+) -> Result<String, Error> {
+    let challenge =
+        PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.to_string()));
+    let state = CsrfToken::new(state.to_string());
     let mut url = Url::parse(&format!("{}/v2/o/authorize/", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form a URL: {e}")))?;
     {
@@ -93,36 +101,7 @@ pub fn begin<P: KeyValue + Clock + Random>(
             query.append_pair("lang", lang);
         }
     }
-    Ok(AuthorizationStart {
-        authorization_url: url.into(),
-        expires_in: STATE_TTL_SECS,
-    })
-}
-
-/// Takes a state back, once: it is deleted whatever happens next, so a replay fails.
-pub fn take_state<P: KeyValue + Clock>(
-    platform: &P,
-    state: Option<&str>,
-) -> Result<PendingAuthorization, Error> {
-    let state = state
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::BadRequest("the `state` parameter is missing".into()))?;
-    let key = state_key(state);
-    let stored = platform.get(&key)?;
-    let Some(stored) = stored else {
-        return Err(Error::BadRequest(
-            "unknown or already used `state`: start again at /bluebutton/authorize".into(),
-        ));
-    };
-    platform.delete(&key)?;
-    let pending: PendingAuthorization = serde_json::from_slice(&stored)
-        .map_err(|_| Error::BadRequest("unreadable `state` record".into()))?;
-    if platform.now().unix_timestamp() - pending.created_at > STATE_TTL_SECS {
-        return Err(Error::BadRequest(
-            "the `state` expired (10 minutes): start again at /bluebutton/authorize".into(),
-        ));
-    }
-    Ok(pending)
+    Ok(url.into())
 }
 
 /// CMS's extra token response fields.
@@ -148,11 +127,6 @@ type CmsClient = oauth2::Client<
     oauth2::EndpointSet,
 >;
 
-/// The confidential client's credentials, read only by the components that talk to CMS's token endpoint.
-pub fn client_secret(vars: &impl crate::ports::Variables) -> Result<String, Error> {
-    crate::config::required(vars, "cms_client_secret")
-}
-
 fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
     let token_url = oauth2::TokenUrl::new(format!("{}/v2/o/token/", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the token URL: {e}")))?;
@@ -170,45 +144,88 @@ fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
 /// Turns an oauth2 failure into our error: CMS's refusal → 502 naming CMS's `error`, silence → 504.
 fn token_error(
     what: &str,
+    status: u16,
     err: oauth2::RequestTokenError<
-        crate::ports::HttpError,
+        HttpError,
         oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>,
     >,
 ) -> TokenFailure {
     use oauth2::RequestTokenError as E;
     match err {
-        E::ServerResponse(resp) => TokenFailure::Refused(resp.error().as_ref().to_string()),
-        E::Request(crate::ports::HttpError::Timeout) => {
-            TokenFailure::Failed(Error::GatewayTimeout(format!(
-                "CMS's token endpoint did not answer the {what} in time"
+        E::ServerResponse(resp) => TokenFailure::Refused {
+            error: resp.error().as_ref().to_string(),
+            status,
+        },
+        E::Request(HttpError::Timeout) => TokenFailure::Failed(Error::GatewayTimeout(format!(
+            "CMS's token endpoint did not answer the {what} in time"
+        ))),
+        E::Request(e) => {
+            eprintln!("CMS's token endpoint, {what}: {e}");
+            TokenFailure::Failed(Error::BadGateway(format!(
+                "CMS's token endpoint could not be reached for the {what}; try again later"
             )))
         }
-        E::Request(e) => TokenFailure::Failed(Error::BadGateway(format!(
-            "CMS's token endpoint could not be reached for the {what}: {e}"
-        ))),
         E::Parse(_, body) => TokenFailure::Failed(Error::BadGateway(format!(
             "CMS's token endpoint sent an unreadable answer to the {what} ({} bytes)",
             body.len()
         ))),
-        E::Other(e) => TokenFailure::Failed(Error::BadGateway(format!(
-            "CMS's token endpoint failed the {what}: {e}"
-        ))),
+        E::Other(e) => {
+            eprintln!("CMS's token endpoint, {what}: {e}");
+            TokenFailure::Failed(Error::BadGateway(format!(
+                "CMS's token endpoint failed the {what}; try again later"
+            )))
+        }
     }
 }
 
-/// Why a token request failed: CMS said no (its OAuth `error` code), or the call itself failed.
+/// Why a token request failed: CMS said no (its OAuth `error` code and HTTP status), or the call
+/// itself failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenFailure {
-    Refused(String),
+    Refused { error: String, status: u16 },
     Failed(Error),
 }
 
-async fn token_http<P: crate::ports::Platform>(
+impl TokenFailure {
+    /// What a refused refresh means for the session: its grant is gone (authorize again), or CMS
+    /// refuses this app's own credentials (an operator's problem, not the beneficiary's).
+    pub fn into_refresh_error(self) -> Error {
+        match self {
+            // A ONE_TIME grant answers 403 `invalid_client` to any refresh: that grant is over.
+            TokenFailure::Refused { error, status }
+                if error != "invalid_client" || status == 403 =>
+            {
+                Error::Unauthorized(format!(
+                    "CMS no longer accepts this session's grant (`{error}`): authorize again at \
+                     /bluebutton/authorize"
+                ))
+            }
+            TokenFailure::Refused { error, status } => Error::BadGateway(format!(
+                "CMS refused this app's client credentials ({status} `{error}`): check \
+                 `cms_client_id` and `cms_client_secret`"
+            )),
+            TokenFailure::Failed(err) => err,
+        }
+    }
+}
+
+/// Retries the token endpoint within a short deadline: a session waiting on a refresh waits for this.
+const TOKEN_RETRIES: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    base_delay: std::time::Duration::from_millis(200),
+    max_delay: std::time::Duration::from_secs(2),
+    deadline: std::time::Duration::from_secs(15),
+};
+
+async fn token_http<P: Platform>(
     platform: &P,
+    status: &std::cell::Cell<u16>,
     request: oauth2::HttpRequest,
-) -> Result<oauth2::HttpResponse, crate::ports::HttpError> {
-    let retried =
-        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+) -> Result<oauth2::HttpResponse, HttpError> {
+    let retried = retry::send(platform, &request, &TOKEN_RETRIES).await;
+    if let Ok(resp) = &retried.result {
+        status.set(resp.status().as_u16());
+    }
     retried.result
 }
 
@@ -216,7 +233,7 @@ fn token_set(
     platform: &impl Clock,
     resp: CmsTokenResponse,
     fallback: Option<&TokenSetHint>,
-) -> Result<crate::session::TokenSet, Error> {
+) -> Result<TokenSet, Error> {
     use oauth2::TokenResponse;
     let expires_in = resp.expires_in().map_or(3600, |d| d.as_secs() as i64);
     let scope = resp
@@ -230,7 +247,7 @@ fn token_set(
         .clone()
         .or_else(|| fallback.map(|f| f.patient.clone()))
         .ok_or_else(|| Error::BadGateway("CMS's token response names no `patient`".into()))?;
-    Ok(crate::session::TokenSet {
+    Ok(TokenSet {
         access_token: resp.access_token().secret().clone(),
         refresh_token: resp
             .refresh_token()
@@ -247,56 +264,61 @@ fn token_set(
 }
 
 /// What a refresh keeps from the previous token set when CMS's answer leaves it out.
-type TokenSetHint = crate::session::TokenSet;
+type TokenSetHint = TokenSet;
 
 /// Exchanges an authorization code (with its PKCE verifier) for tokens.
-pub async fn exchange_code<P: crate::ports::Platform>(
+pub async fn exchange_code<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
     code: &str,
     verifier: String,
-) -> Result<crate::session::TokenSet, TokenFailure> {
-    let http = |req| token_http(platform, req);
+) -> Result<TokenSet, TokenFailure> {
+    let status = std::cell::Cell::new(0);
+    let http = |req| token_http(platform, &status, req);
     let resp = cms_client(client, secret)
         .map_err(TokenFailure::Failed)?
         .exchange_code(oauth2::AuthorizationCode::new(code.to_string()))
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
         .request_async(&http)
         .await
-        .map_err(|e| token_error("code exchange", e))?;
+        .map_err(|e| token_error("code exchange", status.get(), e))?;
     token_set(platform, resp, None).map_err(TokenFailure::Failed)
 }
 
 /// Uses the refresh token; CMS rotates it, so the answer's refresh token replaces the old one.
-pub async fn refresh<P: crate::ports::Platform>(
+pub async fn refresh<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
-    current: &crate::session::TokenSet,
-) -> Result<crate::session::TokenSet, TokenFailure> {
+    current: &TokenSet,
+) -> Result<TokenSet, TokenFailure> {
     let refresh_token = current
         .refresh_token
         .clone()
-        .ok_or_else(|| TokenFailure::Refused("invalid_grant".into()))?;
-    let http = |req| token_http(platform, req);
+        .ok_or_else(|| TokenFailure::Refused {
+            error: "invalid_grant".into(),
+            status: 0,
+        })?;
+    let status = std::cell::Cell::new(0);
+    let http = |req| token_http(platform, &status, req);
     let token = oauth2::RefreshToken::new(refresh_token);
     let resp = cms_client(client, secret)
         .map_err(TokenFailure::Failed)?
         .exchange_refresh_token(&token)
         .request_async(&http)
         .await
-        .map_err(|e| token_error("token refresh", e))?;
+        .map_err(|e| token_error("token refresh", status.get(), e))?;
     token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
 }
 
 /// Revokes the grant at CMS (`/v2/o/revoke/` deletes every token of this app and beneficiary, and always
 /// answers 200 when the client authenticates).
-pub async fn revoke<P: crate::ports::Platform>(
+pub async fn revoke<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
-    tokens: &crate::session::TokenSet,
+    tokens: &TokenSet,
 ) -> Result<(), Error> {
     use base64::engine::general_purpose::STANDARD;
     let body = url::form_urlencoded::Serializer::new(String::new())
@@ -308,15 +330,14 @@ pub async fn revoke<P: crate::ports::Platform>(
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(body.into_bytes())
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the revoke URL: {e}")))?;
-    let retried =
-        crate::retry::send(platform, &request, &crate::retry::RetryPolicy::default()).await;
+    let retried = retry::send(platform, &request, &RetryPolicy::default()).await;
     match retried.result {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(Error::BadGateway(format!(
             "CMS refused to revoke the grant ({}); the session is kept so you can retry",
             resp.status().as_u16()
         ))),
-        Err(crate::ports::HttpError::Timeout) => Err(Error::GatewayTimeout(
+        Err(HttpError::Timeout) => Err(Error::GatewayTimeout(
             "CMS did not answer the revocation in time; the session is kept so you can retry"
                 .into(),
         )),
@@ -331,7 +352,6 @@ mod tests {
     use super::*;
     use crate::testing::FakePlatform;
     use sha2::{Digest, Sha256};
-    use std::time::Duration;
 
     fn client() -> OAuthClient {
         OAuthClient {
@@ -353,62 +373,83 @@ mod tests {
     #[test]
     fn authorize_url_carries_every_parameter_encoded() {
         let p = FakePlatform::new();
-        let start = begin(&p, &client(), Some("es"), None).unwrap();
-        assert!(start
-            .authorization_url
+        let verifier = new_verifier(&p);
+        let url =
+            authorize_url(&client(), "a-state-of-at-least-16", &verifier, Some("es")).unwrap();
+        assert!(url
             .starts_with("https://sandbox.bluebutton.cms.gov/v2/o/authorize/?response_type=code&"));
-        assert!(start.authorization_url.contains("client_id=client+id%26x"));
-        assert!(start.authorization_url.contains(
+        assert!(url.contains("client_id=client+id%26x"));
+        assert!(url.contains(
             "redirect_uri=http%3A%2F%2F127.0.0.1%3A3000%2Fbluebutton%2Fcallback%3Fa%3Db"
         ));
-        let q = params(&start.authorization_url);
+        let q = params(&url);
         assert_eq!(q["code_challenge_method"], "S256");
+        assert_eq!(
+            q["code_challenge"],
+            URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+        );
         assert_eq!(q["scope"], "patient/Patient.rs openid");
         assert_eq!(q["lang"], "es");
-        assert!(q["state"].len() >= 32);
-        assert_eq!(start.expires_in, 600);
+        assert_eq!(q["state"], "a-state-of-at-least-16");
+        let url = authorize_url(&client(), "s", &verifier, None).unwrap();
+        assert!(!params(&url).contains_key("lang"));
     }
 
     #[test]
-    fn verifier_is_stored_and_matches_the_challenge() {
-        let p = FakePlatform::new();
-        let start = begin(&p, &client(), None, Some("/done")).unwrap();
-        let q = params(&start.authorization_url);
-        let pending = take_state(&p, Some(&q["state"])).unwrap();
-        assert!((43..=128).contains(&pending.verifier.len()));
-        assert!(pending
-            .verifier
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c)));
-        let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(pending.verifier.as_bytes()));
-        assert_eq!(q["code_challenge"], digest);
-        assert_eq!(pending.return_to.as_deref(), Some("/done"));
-        assert!(!q.contains_key("lang"));
+    fn return_to_is_exactly_what_the_document_says() {
+        let documented = regex::Regex::new(RETURN_TO_PATTERN.trim_end_matches("(?!\\n)")).unwrap();
+        let pieces = [
+            "/", "//", "a", "%20", "\\", "\t", ":", "@", " ", "?", "#", "~", "é",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..50_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let value: String = (0..seed % 6)
+                .map(|i| pieces[((seed >> (i * 8)) % pieces.len() as u64) as usize])
+                .collect();
+            assert_eq!(
+                is_local_path(&value),
+                documented.is_match(&value),
+                "{value:?}"
+            );
+        }
     }
 
     #[test]
-    fn states_are_single_use_and_expire() {
-        let p = FakePlatform::new();
-        let first = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
-        let second = params(&begin(&p, &client(), None, None).unwrap().authorization_url);
-        assert_ne!(first["state"], second["state"]);
-        assert!(take_state(&p, Some(&first["state"])).is_ok());
-        let replay = take_state(&p, Some(&first["state"])).unwrap_err();
-        assert_eq!(replay.status(), 400);
-        p.advance(Duration::from_secs(601));
-        let expired = take_state(&p, Some(&second["state"])).unwrap_err();
-        assert!(expired.to_string().contains("expired"));
-        assert!(p.keys().unwrap().is_empty(), "expired state is removed too");
-        assert!(take_state(&p, None).is_err());
-        assert!(take_state(&p, Some("forged-state-value-xxxxxxxxxxxx")).is_err());
+    fn local_paths() {
+        for ok in ["/", "/app", "/app/", "/a/b%20c", "/x:y@z"] {
+            assert!(is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "app",
+            "//x",
+            "/a//b",
+            "/a\\b",
+            "/\t/x",
+            "/a b",
+            "https://x",
+        ] {
+            assert!(!is_local_path(bad), "{bad}");
+        }
     }
 
     #[test]
     fn bad_lang_and_foreign_return_to_are_refused() {
-        let p = FakePlatform::new();
-        assert!(begin(&p, &client(), Some("fr"), None).is_err());
-        assert!(begin(&p, &client(), None, Some("https://evil.example")).is_err());
-        assert!(begin(&p, &client(), None, Some("//evil.example")).is_err());
-        assert!(p.keys().unwrap().is_empty());
+        assert!(check_request(Some("fr"), None).is_err());
+        assert!(check_request(Some(""), None).is_err());
+        for target in [
+            "https://evil.example",
+            "//evil.example",
+            "/\t/evil.example",
+            "/a//evil.example",
+            "/a\\b",
+            "",
+        ] {
+            assert!(check_request(None, Some(target)).is_err(), "{target:?}");
+        }
+        assert!(check_request(Some("es"), Some("/app")).is_ok());
     }
 }

@@ -1,0 +1,101 @@
+//! The admin routes' key: `Authorization: Bearer <admin_api_key>`, compared in constant time. The routes
+//! do not exist (404) while the variable is empty, too short to resist guessing, or a placeholder left
+//! from an example file.
+
+use sha2::{Digest, Sha256};
+
+use crate::config;
+use crate::error::Error;
+use crate::ports::Variables;
+
+/// Checks the bearer value a request carried against the `admin_api_key` variable.
+/// The shortest admin key accepted.
+pub const MIN_ADMIN_KEY_CHARS: usize = 32;
+
+/// The admin key when it is usable; else why the admin routes are off.
+pub fn admin_key(vars: &impl Variables) -> Result<Result<String, &'static str>, Error> {
+    let Some(key) = config::optional(vars, "admin_api_key")? else {
+        return Ok(Err("unset: admin routes are disabled"));
+    };
+    let lower = key.to_ascii_lowercase();
+    if [
+        "replace",
+        "changeme",
+        "change-me",
+        "example",
+        "placeholder",
+        "<",
+        "xxx",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+    {
+        return Ok(Err(
+            "a placeholder: admin routes are disabled until a real key is set",
+        ));
+    }
+    if key.chars().count() < MIN_ADMIN_KEY_CHARS {
+        return Ok(Err(
+            "shorter than 32 characters: admin routes are disabled (use e.g. `openssl rand -base64 32`)",
+        ));
+    }
+    Ok(Ok(key))
+}
+
+pub fn require_admin(vars: &impl Variables, bearer: Option<&str>) -> Result<(), Error> {
+    let expected = admin_key(vars)?.map_err(|why| {
+        Error::NotFound(format!(
+            "admin routes are disabled: `admin_api_key` is {why}"
+        ))
+    })?;
+    let given = bearer.ok_or_else(|| {
+        Error::Unauthorized("send the admin key as `Authorization: Bearer <admin_api_key>`".into())
+    })?;
+    if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized("wrong admin key".into()))
+    }
+}
+
+/// Hashing first makes the comparison independent of where the inputs differ, and of their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakePlatform;
+
+    #[test]
+    fn disabled_without_a_real_key_then_checked() {
+        let status = |r: Result<(), Error>| r.unwrap_err();
+        for weak in [
+            "",
+            "s3cret-admin",
+            "REPLACE_WITH_A_LONG_RANDOM_ADMIN_KEY_0123456789",
+        ] {
+            let p = FakePlatform::new().with_var("admin_api_key", weak);
+            assert!(
+                matches!(status(require_admin(&p, Some(weak))), Error::NotFound(_)),
+                "{weak:?} opens nothing"
+            );
+        }
+        let key = "k8Yq1bV3m0Rz5Lw2Tn9Hs4Jd7Fg6Pc1Xa";
+        let p = FakePlatform::new().with_var("admin_api_key", key);
+        assert!(matches!(
+            status(require_admin(&p, None)),
+            Error::Unauthorized(_)
+        ));
+        assert!(matches!(
+            status(require_admin(&p, Some("k8Yq1bV3m0Rz5Lw2Tn9Hs4Jd7Fg6Pc1X"))),
+            Error::Unauthorized(_)
+        ));
+        assert!(require_admin(&p, Some(key)).is_ok());
+    }
+}

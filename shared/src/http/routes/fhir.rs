@@ -1,0 +1,251 @@
+//! `GET /bluebutton/fhir/{type}`: every page of the session's resources of that type — as one searchset
+//! Bundle (streamed once it outgrows `response_buffer_bytes`), delivered to connect unless `push=false`,
+//! or answered with the delivery result when `return_cms=false`.
+
+use crate::auth::session::{self, Session};
+use crate::auth::tokens::TokenContext;
+use crate::cms::pipeline::{self, Both, PageSink};
+use crate::cms::search::{check_filter, SearchRequest};
+use crate::config::{ConnectSettings, FetchLimits};
+use crate::connect::delivery::Before;
+use crate::connect::{cursor, Delivery};
+use crate::error::Error;
+use crate::fhir::{Resource, ResourceType};
+use crate::http::bundle_stream::BundleOut;
+use crate::http::{
+    bearer, full_url, json_response, no_store, path_info, query_pairs, require_method, write_full,
+};
+use crate::ports::{Platform, ResponseWriter};
+use crate::store::Vault;
+
+/// How long a fetch that pushes replays older outbox batches before its own go out (behind them).
+const DRAIN_SECS: i64 = 20;
+
+/// The caller's choices.
+struct FetchRequest {
+    search: SearchRequest,
+    /// The caller's own filters (`since=last` adds the cursor's, which is not one of them).
+    filtered: bool,
+    /// Answer with the merged CMS Bundle (else with the delivery to connect: empty with `push=false`).
+    return_cms: bool,
+    /// Also deliver to connect.
+    push: bool,
+}
+
+impl FetchRequest {
+    /// Only a complete delivery moves the sync's cursor: pushed, and not narrowed by a filter.
+    fn moves_cursor(&self) -> bool {
+        self.push && !self.filtered
+    }
+}
+
+fn flag(value: &str, name: &str) -> Result<bool, Error> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::BadRequest(format!("`{name}` is `true` or `false`"))),
+    }
+}
+
+fn parse<P: Platform>(
+    vault: &Vault<'_, P>,
+    uri: &http::Uri,
+    session: &Session,
+    resource_type: ResourceType,
+) -> Result<FetchRequest, Error> {
+    let limits = FetchLimits::load(vault.platform)?;
+    let mut filters = Vec::new();
+    let (mut since_last, mut return_cms, mut push) = (false, true, true);
+    for (name, value) in query_pairs(uri) {
+        match name.as_str() {
+            "patient" => session.check_patient(Some(&value))?,
+            "since" if value == "last" => since_last = true,
+            "since" => {
+                return Err(Error::BadRequest(
+                    "`since` takes one value, `last`: what changed since the last complete fetch"
+                        .into(),
+                ))
+            }
+            "return_cms" => return_cms = flag(&value, "return_cms")?,
+            "push" => push = flag(&value, "push")?,
+            n if resource_type.filters().contains(&n) => {
+                check_filter(n, &value)?;
+                filters.push((name, value))
+            }
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "`{name}` is not a parameter of /bluebutton/fhir/{resource_type}"
+                )))
+            }
+        }
+    }
+    let filtered = !filters.is_empty();
+    if since_last {
+        filters.extend(cursor::since_filter(
+            vault,
+            session.patient(),
+            resource_type,
+        )?);
+    }
+    Ok(FetchRequest {
+        search: SearchRequest {
+            resource_type,
+            limits,
+            filters,
+        },
+        filtered,
+        return_cms,
+        push,
+    })
+}
+
+struct Prepared {
+    session: Session,
+    request: FetchRequest,
+    connect: Option<ConnectSettings>,
+}
+
+/// The resource type a path names, before anything else is looked at.
+fn resource_type_of(head: &http::request::Parts) -> Result<ResourceType, Error> {
+    let info = path_info(head);
+    let name = info.trim_matches('/');
+    ResourceType::parse(name).ok_or_else(|| {
+        Error::NotFound(format!(
+            "no such resource type `{name}`: use one of {}",
+            ResourceType::names()
+        ))
+    })
+}
+
+fn prepare<P: Platform>(
+    vault: &Vault<'_, P>,
+    ctx: &TokenContext,
+    head: &http::request::Parts,
+    resource_type: ResourceType,
+) -> Result<Prepared, Error> {
+    let session = session::authenticate(vault, &ctx.limits, bearer(&head.headers))?;
+    if !session.may_search(resource_type) {
+        return Err(Error::Forbidden(format!(
+            "the beneficiary did not share {resource_type} with this app (scope `{}`)",
+            session.tokens().scope
+        )));
+    }
+    let request = parse(vault, &head.uri, &session, resource_type)?;
+    let connect = if request.push {
+        Some(ConnectSettings::load(vault.platform)?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        session,
+        request,
+        connect,
+    })
+}
+
+/// Where the answer goes: the merged Bundle, or (with `return_cms=false`) the delivery result.
+enum Answer<W: ResponseWriter> {
+    Bundle(BundleOut<W>),
+    Delivery(W),
+}
+
+impl<W: ResponseWriter> Answer<W> {
+    /// Answers the problem.
+    fn fail(self, err: Error) {
+        match self {
+            Answer::Bundle(out) => out.fail(err),
+            Answer::Delivery(writer) => write_full(writer, err.into_response()),
+        }
+    }
+}
+
+impl<W: ResponseWriter> PageSink for Answer<W> {
+    fn planned(&mut self, pages: Option<usize>) {
+        if let Answer::Bundle(out) = self {
+            out.planned(pages);
+        }
+    }
+
+    async fn page(&mut self, entries: &[Resource]) -> Result<(), Error> {
+        match self {
+            Answer::Bundle(out) => out.page(entries).await,
+            Answer::Delivery(_) => Ok(()),
+        }
+    }
+}
+
+pub async fn fetch<W: ResponseWriter>(
+    platform: &impl Platform,
+    head: &http::request::Parts,
+    writer: W,
+) {
+    let loaded = resource_type_of(head).and_then(|resource_type| {
+        require_method(head, "GET")?;
+        Ok((resource_type, TokenContext::load(platform)?))
+    });
+    let (resource_type, ctx) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => return write_full(writer, err.into_response()),
+    };
+    let vault = Vault::new(platform, &ctx.key);
+    let Prepared {
+        mut session,
+        request,
+        connect,
+    } = match prepare(&vault, &ctx, head, resource_type) {
+        Ok(prepared) => prepared,
+        Err(err) => return write_full(writer, err.into_response()),
+    };
+    let started = platform.now();
+    let answer = if request.return_cms {
+        let budget = request.search.limits.response_buffer_bytes;
+        Answer::Bundle(BundleOut::new(writer, budget, &full_url(head)))
+    } else {
+        Answer::Delivery(writer)
+    };
+    let patient = session.patient().to_string();
+    let delivery = match connect {
+        Some(settings) => {
+            let drain = Before::Drain(Some(vault.now() + DRAIN_SECS));
+            match Delivery::start(&vault, settings, &patient, drain).await {
+                Ok(delivery) => Some(delivery),
+                Err(err) => return answer.fail(err),
+            }
+        }
+        None => None,
+    };
+    let mut sink = Both(delivery, answer);
+    let outcome = pipeline::run(&vault, &ctx, &mut session, &request.search, &mut sink).await;
+    let Both(delivery, answer) = sink;
+    let outcome = match (outcome, delivery) {
+        (Ok(summary), Some(delivery)) => delivery.finish().await.map(|d| (summary, Some(d))),
+        (Ok(summary), None) => Ok((summary, None)),
+        (Err(err), _) => Err(err),
+    };
+    // Every resource up to `newest` is delivered, queued or a dead letter: the cursor may pass it.
+    let outcome = outcome.and_then(|(summary, delivery)| {
+        if let (Some(newest), true) = (summary.newest, request.moves_cursor()) {
+            cursor::advance(&vault, &patient, request.search.resource_type, newest)?;
+        }
+        Ok((summary, delivery))
+    });
+    if let Ok((summary, _)) = &outcome {
+        eprintln!(
+            "fhir-fetch: {} pages={} entries={} retries={} duplicates_dropped={} ms={}",
+            request.search.resource_type,
+            summary.pages,
+            summary.entries,
+            summary.retries,
+            summary.duplicates_dropped,
+            (platform.now() - started).whole_milliseconds()
+        );
+    }
+    match (answer, outcome) {
+        (Answer::Bundle(out), Ok((summary, delivery))) => out.finish(&summary, delivery.as_ref()),
+        (Answer::Delivery(writer), Ok((_, delivery))) => {
+            let result = delivery.unwrap_or_default();
+            write_full(writer, no_store(json_response(result.status(), &result)));
+        }
+        (answer, Err(err)) => answer.fail(err),
+    }
+}
