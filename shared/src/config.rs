@@ -99,20 +99,20 @@ pub const CONNECT_RATE_LIMIT: NumberSetting = NumberSetting {
 pub const STATE_TTL_SECS: NumberSetting = NumberSetting {
     name: "state_ttl_secs",
     default: 600,
-    min: 60,
+    min: 1,
     max: 3600,
 };
 pub const SESSION_IDLE_SECS: NumberSetting = NumberSetting {
     name: "session_idle_secs",
     default: 30 * DAY,
-    min: 60,
+    min: 1,
     max: 400 * DAY,
 };
 pub const SESSION_MAX_SECS: NumberSetting = NumberSetting {
     name: "session_max_secs",
     // CMS's own grants last 13 months.
     default: 396 * DAY,
-    min: 60,
+    min: 1,
     max: 400 * DAY,
 };
 pub const RETENTION_DAYS: NumberSetting = NumberSetting {

@@ -244,6 +244,10 @@ impl<'a, P: Platform> Delivery<'a, P> {
                     resources: items.len(),
                     payload: &payload,
                     claim,
+                    waiting_because: self
+                        .queue_only
+                        .as_ref()
+                        .map(|why| format!("not tried yet: {why}")),
                 },
             )?;
             if self.queue_only.is_some() {

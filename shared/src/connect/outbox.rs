@@ -55,6 +55,8 @@ pub struct NewBatch<'a> {
     pub payload: &'a [u8],
     /// The delivery that will post it now (none: it waits for a replay).
     pub claim: Option<Claim>,
+    /// Why it waits untried, when it does.
+    pub waiting_because: Option<String>,
 }
 
 fn key<P: Backing>(vault: &Vault<'_, P>, slot: u64) -> String {
@@ -76,7 +78,7 @@ pub fn put<P: Backing>(vault: &Vault<'_, P>, batch: NewBatch<'_>) -> Result<Outb
         resources: batch.resources,
         bytes: batch.payload.len(),
         attempts: 0,
-        last_error: String::new(),
+        last_error: batch.waiting_because.unwrap_or_default(),
         queued_at: now.clone(),
         updated_at: now,
         claim: batch.claim,

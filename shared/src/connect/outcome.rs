@@ -165,7 +165,10 @@ fn classify(resp: &http::Response<Vec<u8>>) -> Outcome {
                     detail: cut(&detail),
                 }
             } else {
-                Outcome::Unavailable(format!("connect failed: {}", cut(&error_msg)))
+                Outcome::Unavailable(format!(
+                    "connect answered 500, its workflow failed: {}",
+                    cut(&error_msg)
+                ))
             };
         }
         // connect's error handler cannot serialise an oversized message's model.

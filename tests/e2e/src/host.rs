@@ -91,6 +91,8 @@ pub struct AppHost {
     pub addr: SocketAddr,
     pub binary: HostBinary,
     dir: TempDir,
+    /// What it was started with (a restart starts it the same way).
+    options: AppOptions,
     /// Dropping it tells the watchdog the app stopped in time.
     _watchdog: std::sync::mpsc::Sender<()>,
 }
@@ -119,23 +121,58 @@ impl std::error::Error for StartFailure {}
 impl AppHost {
     /// Builds what is needed (once per process), starts the host and waits (at most
     /// [`START_TIMEOUT`]) until it serves; a host that exits first is a [`StartFailure`] with its log.
-    pub async fn start(options: AppOptions) -> Result<AppHost> {
+    pub async fn start(mut options: AppOptions) -> Result<AppHost> {
         build_wasm();
         let binary = HostBinary::from_env();
         let dir = TempDir::new("app");
+        let port = *options.port.get_or_insert_with(crate::free_port);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let (watchdog, stopped) = std::sync::mpsc::channel::<()>();
+        let mut host = AppHost {
+            child: None,
+            addr,
+            binary,
+            dir,
+            options,
+            _watchdog: watchdog,
+        };
+        host.launch(stopped).await?;
+        Ok(host)
+    }
+
+    /// Stops the app — at once with SIGKILL when `crash`, as a crash would stop it — and starts it
+    /// again on the same port and state, with `extra` variables after its own.
+    pub async fn restart(&mut self, crash: bool, extra: &[String]) -> Result<()> {
+        if crash {
+            if let Some(mut child) = self.child.take() {
+                kill_group(child.id(), "-KILL");
+                let _ = child.wait();
+            }
+        } else {
+            self.stop();
+        }
+        self.options.variables.extend_from_slice(extra);
+        let (watchdog, stopped) = std::sync::mpsc::channel::<()>();
+        self._watchdog = watchdog;
+        self.launch(stopped).await
+    }
+
+    async fn launch(&mut self, stopped: std::sync::mpsc::Receiver<()>) -> Result<()> {
+        let (options, dir, binary, addr) = (&self.options, &self.dir, &self.binary, self.addr);
         let cwd = dir.path().join("cwd");
         std::fs::create_dir_all(&cwd)?;
         // Its temp files too (`spin up` keeps the locked app in a `spinup-*` folder, left behind if it is
         // killed): they go with the folder.
         let tmp = dir.path().join("tmp");
         std::fs::create_dir_all(&tmp)?;
-        let port = options.port.unwrap_or_else(crate::free_port);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let manifest = options
             .manifest
             .clone()
             .unwrap_or_else(|| workspace_root().join("spin.toml"));
-        let log = File::create(dir.path().join("app.log"))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("app.log"))?;
         let mut cmd = Command::new(binary.path());
         cmd.arg("up")
             .arg("--from")
@@ -167,7 +204,6 @@ impl AppHost {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot run {}", binary.path().display()))?;
-        let (watchdog, stopped) = std::sync::mpsc::channel::<()>();
         let group = child.id();
         let note = dir.path().join("app.log");
         std::thread::spawn(move || {
@@ -186,15 +222,8 @@ impl AppHost {
                 kill_group(group, "-KILL");
             }
         });
-        let mut host = AppHost {
-            child: Some(child),
-            addr,
-            binary,
-            dir,
-            _watchdog: watchdog,
-        };
-        host.wait_until_serving().await?;
-        Ok(host)
+        self.child = Some(child);
+        self.wait_until_serving().await
     }
 
     /// Waits for the `Serving http://` line and an accepted connection, the child's exit, or the timeout.

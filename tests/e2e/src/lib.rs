@@ -212,7 +212,7 @@ impl Drop for TempDir {
 
 pub const CLIENT_ID: &str = "bluebuttonspinTestClient0123456789abcdef";
 pub const CLIENT_SECRET: &str = "test-client-secret-for-the-emulator";
-pub const ADMIN_KEY: &str = "admin-key-for-the-tests";
+pub const ADMIN_KEY: &str = "admin-key-for-the-tests-0123456789abcdef";
 
 /// The app under test (a child process on `spin-host` or Spin, see [`host`]), wired to a `cms-sandbox`
 /// and a `connect-sandbox` running in this process.

@@ -65,6 +65,7 @@ impl KvStore {
     }
 
     pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        check_limits(key, value)?;
         self.conn().execute(
             "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
@@ -94,6 +95,45 @@ impl KvStore {
         Ok(keys)
     }
 
+    /// `wasi:keyvalue/atomics.increment` as Spin's SQLite store does it: in a transaction, the value read
+    /// as an 8-byte little-endian integer (an absent key is 0) and written back the same way. A value of
+    /// another length makes Spin's host panic; here it is an error.
+    pub fn increment(&self, key: &str, delta: i64) -> Result<i64> {
+        check_limits(key, &[])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                params![self.label, key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let number = match current {
+            None => 0,
+            Some(bytes) => i64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                anyhow::anyhow!("`{key}` does not hold an 8-byte integer (Spin's host would panic)")
+            })?),
+        };
+        let sum = number + delta;
+        tx.execute(
+            "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+            params![self.label, key, sum.to_le_bytes()],
+        )?;
+        tx.commit()?;
+        Ok(sum)
+    }
+
+    /// Starts a `wasi:keyvalue/atomics.cas` on `key`.
+    pub fn cas(&self, key: &str) -> Cas {
+        Cas {
+            store: self.clone(),
+            key: key.to_string(),
+            seen: Mutex::new(None),
+        }
+    }
+
     /// Every entry, for tests that check what is stored at rest.
     pub fn dump(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let conn = self.conn();
@@ -103,6 +143,81 @@ impl KvStore {
             .query_map(params![self.label], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+/// The largest key and value Fermyon Cloud accepts (Spin documents them); the host refuses more, so a
+/// test catches a breach before a deployment does.
+pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+fn check_limits(key: &str, value: &[u8]) -> Result<()> {
+    anyhow::ensure!(
+        key.len() <= MAX_KEY_BYTES,
+        "the key is {} bytes; the store allows at most {MAX_KEY_BYTES}",
+        key.len()
+    );
+    anyhow::ensure!(
+        value.len() <= MAX_VALUE_BYTES,
+        "the value is {} bytes; the store allows at most {MAX_VALUE_BYTES}",
+        value.len()
+    );
+    Ok(())
+}
+
+/// A compare-and-swap as Spin's SQLite store does it (spinframework/spin
+/// `crates/key-value-spin/src/store.rs`): `current` reads the value and remembers it; `swap` updates
+/// only a row still holding that value — but when `current` saw no value (or was never called), the
+/// swap is a plain upsert. So a swap is safe only on a key that exists.
+pub struct Cas {
+    store: KvStore,
+    key: String,
+    seen: Mutex<Option<Vec<u8>>>,
+}
+
+/// Why a swap did not happen.
+pub enum SwapError {
+    /// The value changed since `current`.
+    Failed,
+    Store(anyhow::Error),
+}
+
+impl Cas {
+    pub fn current(&self) -> Result<Option<Vec<u8>>> {
+        let value = self.store.get(&self.key)?;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = value.clone();
+        Ok(value)
+    }
+
+    pub fn swap(&self, value: &[u8]) -> std::result::Result<(), SwapError> {
+        check_limits(&self.key, value).map_err(SwapError::Store)?;
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let conn = self.store.conn();
+        let changed = match seen {
+            Some(old) => conn.execute(
+                "UPDATE spin_key_value SET value = ?1 WHERE store = ?2 AND key = ?3 AND value = ?4",
+                params![value, self.store.label, self.key, old],
+            ),
+            None => conn.execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                params![self.store.label, self.key, value],
+            ),
+        }
+        .map_err(|e| SwapError::Store(e.into()))?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(SwapError::Failed)
+        }
+    }
+
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -146,5 +261,39 @@ mod tests {
         assert!(!a.exists("gone").unwrap());
         assert_eq!(a.keys().unwrap(), vec!["k".to_string()]);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn atomics_behave_as_spins_sqlite_store() {
+        let store = KvStore::open("default", None).unwrap();
+        assert_eq!(store.increment("n", 1).unwrap(), 1);
+        assert_eq!(store.increment("n", 2).unwrap(), 3);
+        assert_eq!(store.get("n").unwrap().unwrap(), 3i64.to_le_bytes());
+        store.set("text", b"not a number").unwrap();
+        assert!(store.increment("text", 1).is_err());
+
+        store.set("r", b"one").unwrap();
+        let cas = store.cas("r");
+        assert_eq!(cas.current().unwrap().as_deref(), Some(&b"one"[..]));
+        store.set("r", b"two").unwrap();
+        assert!(matches!(cas.swap(b"three"), Err(SwapError::Failed)));
+        let cas = store.cas("r");
+        cas.current().unwrap();
+        assert!(cas.swap(b"three").is_ok());
+        assert_eq!(store.get("r").unwrap().as_deref(), Some(&b"three"[..]));
+        // An absent key, or a swap without `current`: a blind write, as in Spin.
+        let blind = store.cas("r");
+        assert!(blind.swap(b"four").is_ok());
+        assert_eq!(store.get("r").unwrap().as_deref(), Some(&b"four"[..]));
+    }
+
+    #[test]
+    fn keys_and_values_over_the_limits_are_refused() {
+        let store = KvStore::open("default", None).unwrap();
+        assert!(store.set(&"k".repeat(MAX_KEY_BYTES + 1), b"v").is_err());
+        assert!(store.set("k", &vec![0; MAX_VALUE_BYTES + 1]).is_err());
+        assert!(store
+            .set(&"k".repeat(MAX_KEY_BYTES), &vec![0; MAX_VALUE_BYTES])
+            .is_ok());
     }
 }

@@ -36,9 +36,15 @@ mod bindings {
         path: "wit",
         world: "fermyon:spin/spin-host-imports",
         imports: { default: trappable },
-        with: { "fermyon:spin/key-value.store": crate::kv::KvStore },
+        with: {
+            "fermyon:spin/key-value.store": crate::kv::KvStore,
+            "wasi:keyvalue/store.bucket": crate::kv::KvStore,
+            "wasi:keyvalue/atomics.cas": crate::kv::Cas,
+        },
     });
 }
+
+mod wasi_kv;
 use bindings::fermyon::spin::{key_value, variables};
 
 /// How to start the app: what `spin up` takes on its command line.

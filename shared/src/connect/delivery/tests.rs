@@ -356,6 +356,7 @@ fn a_crashed_deliverys_claim_lapses_and_its_batch_is_replayed() {
                 by: "gone".into(),
                 until: vault.now() + CLAIM_SECS,
             }),
+            waiting_because: None,
         },
     )
     .unwrap();

@@ -40,7 +40,7 @@ impl<T> Listing<T> {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterReplay {
     /// The dead letters replayed (now gone from the list).
-    pub replayed: Vec<String>,
+    pub replayed_letters: Vec<String>,
     #[serde(flatten)]
     pub delivery: DeliveryResult,
 }
@@ -152,7 +152,7 @@ async fn replay_dead_letters<P: Platform>(
     letters: Vec<DeadLetter>,
 ) -> Result<DeadLetterReplay, Error> {
     let mut replay = DeadLetterReplay {
-        replayed: Vec::new(),
+        replayed_letters: Vec::new(),
         delivery: DeliveryResult::default(),
     };
     for letter in letters {
@@ -165,7 +165,7 @@ async fn replay_dead_letters<P: Platform>(
         })?;
         let result = deliver(vault, platform, &letter.patient, &resources).await?;
         dead_letters::remove(vault, &letter)?;
-        replay.replayed.push(letter.id);
+        replay.replayed_letters.push(letter.id);
         merge(&mut replay.delivery, result);
     }
     Ok(replay)

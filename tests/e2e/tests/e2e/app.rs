@@ -82,7 +82,7 @@ async fn every_route_of_the_real_app_answers() {
             "cms_client_id=abc".into(),
             "cms_client_secret=def".into(),
             format!("token_key={}", token_key()),
-            "admin_api_key=admin-key-for-tests".into(),
+            format!("admin_api_key={}", e2e::ADMIN_KEY),
         ],
         ..Default::default()
     })
@@ -107,7 +107,7 @@ async fn every_route_of_the_real_app_answers() {
         (
             "GET",
             "/bluebutton/callback?state=forged-state-0123456789&code=x",
-            400,
+            403,
         ),
         ("GET", "/bluebutton/fhir/Patient", 401),
         ("GET", "/bluebutton/fhir/Encounter", 404),
@@ -132,7 +132,7 @@ async fn every_route_of_the_real_app_answers() {
 
     let resp = c
         .get(format!("{base}/bluebutton/connect/outbox"))
-        .bearer_auth("admin-key-for-tests")
+        .bearer_auth(e2e::ADMIN_KEY)
         .send()
         .await
         .unwrap();

@@ -53,18 +53,25 @@ async fn a_beneficiary_authorizes_and_the_session_reaches_their_data() {
     // The callback cannot be replayed: its state is gone, and CMS is not asked again.
     let before = stack.cms_counters().await["total"].as_u64().unwrap();
     let (status, detail) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 403, "a replayed state is refused as forged");
     assert!(detail.contains("state"));
     assert_eq!(
         stack.cms_counters().await["total"].as_u64().unwrap(),
         before
     );
 
-    // At rest: the session only as a hash, the tokens sealed.
+    // At rest: the session only as a keyed hash; tokens, patient and scope sealed.
     let dump = stack.store_dump();
     assert!(!dump.contains(&session));
-    assert!(!dump.contains("access_token") && !dump.contains("refresh_token"));
-    assert!(dump.contains("ciphertext"));
+    for plain in [
+        "access_token",
+        "refresh_token",
+        BBUSER29999_PATIENT,
+        "patient/Patient",
+    ] {
+        assert!(!dump.contains(plain), "{plain} at rest");
+    }
+    assert!(dump.contains("session:"), "the session is there, sealed");
 }
 
 #[tokio::test]
@@ -86,15 +93,15 @@ async fn denied_consent_is_a_403_problem() {
     assert!(detail.contains("declined"));
     // The state was consumed: the same answer again is now an unknown state.
     let (status, _) = problem(beneficiary::client().get(callback).send().await.unwrap()).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 403);
 }
 
 #[tokio::test]
 async fn forged_states_are_refused_before_calling_cms() {
     let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    for query in [
-        "code=abc&state=forged-state-that-was-never-issued",
-        "code=abc",
+    for (query, expected) in [
+        ("code=abc&state=forged-state-that-was-never-issued", 403),
+        ("code=abc", 400),
     ] {
         let (status, _) = problem(
             beneficiary::client()
@@ -104,7 +111,7 @@ async fn forged_states_are_refused_before_calling_cms() {
                 .unwrap(),
         )
         .await;
-        assert_eq!(status, 400, "{query}");
+        assert_eq!(status, expected, "{query}");
     }
     assert_eq!(stack.cms_counters().await["total"], 0);
 }

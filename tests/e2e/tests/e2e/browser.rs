@@ -130,7 +130,7 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
     for expected in [
         "/bluebutton/authorize",
         "/bluebutton/callback",
-        "/bluebutton/fhir/{resource_type}",
+        "/bluebutton/fhir/ExplanationOfBenefit",
         "/bluebutton/connect/outbox",
         "/bluebutton/sync",
     ] {

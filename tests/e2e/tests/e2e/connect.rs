@@ -195,7 +195,10 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
     );
     for item in items {
         assert!(item.get("payload").is_none(), "listings carry no payloads");
-        assert!(item["last_error"].as_str().unwrap().contains("500"));
+        assert!(
+            item["last_error"].as_str().unwrap().contains("500"),
+            "{item}"
+        );
         assert!(queued.contains(&item["id"].as_str().unwrap().to_string()));
     }
     assert!(stack.connect.records().is_empty());
@@ -218,8 +221,9 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
     .await;
     assert_eq!(resp.status(), 200);
     let replay: Value = resp.json().await.unwrap();
-    assert_eq!(replay["delivered"], 200);
-    assert_eq!(replay["replayed"].as_array().unwrap().len(), queued.len());
+    assert_eq!(replay["replayed"], 200, "{replay}");
+    assert_eq!(replay["batches"].as_array().unwrap().len(), queued.len());
+    assert!(replay["queued"].as_array().unwrap().is_empty());
     let stored = stored_in_connect(&stack).await;
     let eobs: Vec<&String> = stored
         .iter()
@@ -233,7 +237,10 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
 
 #[tokio::test]
 async fn refused_resources_are_isolated_and_dead_lettered_while_the_rest_is_delivered() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    // Without repair, connect refuses CMS's real claims (they lack elements R4 requires).
+    let stack = Stack::start(|_| {}, &["connect_repair=off".into()])
+        .await
+        .unwrap();
     // BBUser00001's 52 EOBs are real CMS captures that connect's R4 model refuses (no provider, or items
     // without productOrService); BBUser29999's PDE claims are valid. Interleave them.
     let invalid = stack.cms.issue_tokens("BBUser00001", None).unwrap();
@@ -298,7 +305,7 @@ async fn refused_resources_are_isolated_and_dead_lettered_while_the_rest_is_deli
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["id"].as_str().unwrap().to_string())
+        .map(|l| l["resource_id"].as_str().unwrap().to_string())
         .collect();
     ids.sort();
     let mut expected_bad: Vec<String> = bad
@@ -317,26 +324,120 @@ async fn refused_resources_are_isolated_and_dead_lettered_while_the_rest_is_deli
     }
 }
 
-#[tokio::test]
-async fn a_patient_whose_claims_connect_refuses_is_dead_lettered_not_lost() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let session = stack.session("BBUser00001").await;
-    let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
-    assert_eq!(status, 200);
-    let delivered = result["delivered"].as_u64().unwrap();
-    let rejected = result["rejected"].as_u64().unwrap();
-    assert_eq!(delivered + rejected, 52);
-    let invalid = stack
+/// The data-absent-reason extension connect accepts for a required element CMS left out.
+const DATA_ABSENT_REASON: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
+
+/// What connect stored, decoded: each resource as JSON.
+fn resources_in_connect(stack: &Stack) -> Vec<Value> {
+    stack
         .connect
         .records()
         .iter()
-        .filter(|r| r.resource_type == "ExplanationOfBenefit")
-        .count();
-    assert_eq!(invalid as u64, 0);
+        .flat_map(|r| {
+            let bundle = r.resource.clone();
+            match bundle["resourceType"].as_str() {
+                Some("Bundle") => bundle["entry"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["resource"].clone())
+                    .collect(),
+                _ => vec![bundle],
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cms_real_claims_are_repaired_and_all_52_delivered() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let session = stack.session("BBUser00001").await;
+    let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["delivered"], 52, "{result}");
+    assert_eq!(result["rejected"], 0);
     assert_eq!(
-        result["dead_letters"].as_array().unwrap().len() as u64,
-        rejected
+        result["repaired"], 52,
+        "every real claim lacked something R4 requires"
     );
+    let eobs: Vec<Value> = resources_in_connect(&stack)
+        .into_iter()
+        .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+        .collect();
+    assert_eq!(eobs.len(), 52);
+    for eob in &eobs {
+        let text = eob.to_string();
+        assert!(text.contains(DATA_ABSENT_REASON), "{}", eob["id"]);
+        assert!(
+            eob["meta"]["tag"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["code"] == "data-absent-reason"),
+            "{} is tagged as repaired",
+            eob["id"]
+        );
+        // Only what was missing is marked: where CMS gave a provider, it stays.
+        if let Some(provider) = eob.get("provider") {
+            assert!(provider.get("reference").is_some() || provider.get("extension").is_some());
+        }
+    }
+    let letters = stack.admin_get("/bluebutton/connect/dead-letters").await;
+    assert_eq!(letters["count"], 0);
+}
+
+#[tokio::test]
+async fn without_repair_real_claims_are_dead_letters_and_replay_once_repair_is_on() {
+    let mut stack = Stack::start(|_| {}, &["connect_repair=off".into()])
+        .await
+        .unwrap();
+    let session = stack.session("BBUser00001").await;
+    let (status, result) = deliver_type(&stack, &session, "ExplanationOfBenefit").await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        (result["delivered"].as_u64(), result["rejected"].as_u64()),
+        (Some(0), Some(52))
+    );
+    let posts = stack.connect.request_count();
+    assert!(
+        posts <= 1 + 52,
+        "one POST per batch plus one per refused resource at most, not a search: {posts}"
+    );
+    let letters = stack.admin_get("/bluebutton/connect/dead-letters").await;
+    assert_eq!(letters["count"], 52);
+
+    // The operator turns repair on and replays the dead letters.
+    stack
+        .app
+        .restart(false, &["connect_repair=data-absent-reason".into()])
+        .await
+        .unwrap();
+    let resp = admin(
+        &stack,
+        reqwest::Method::POST,
+        "/bluebutton/connect/dead-letters/replay",
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let replay: Value = resp.json().await.unwrap();
+    assert_eq!(
+        replay["replayed_letters"].as_array().map(Vec::len),
+        Some(52)
+    );
+    assert_eq!(
+        (replay["delivered"].as_u64(), replay["rejected"].as_u64()),
+        (Some(52), Some(0))
+    );
+    assert_eq!(
+        stack.admin_get("/bluebutton/connect/dead-letters").await["count"],
+        0
+    );
+    let eobs = resources_in_connect(&stack)
+        .into_iter()
+        .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+        .count();
+    assert_eq!(eobs, 52);
 }
 
 #[tokio::test]
@@ -397,14 +498,17 @@ async fn the_admin_sync_delivers_what_changed_and_only_that() {
     let patient = &first["patients"][0];
     assert_eq!(patient["patient"], BBUSER29999_PATIENT);
     assert_eq!(patient["status"], "ok");
-    assert_eq!(patient["types"]["Patient"]["delivered"], 1);
-    assert_eq!(patient["types"]["Coverage"]["delivered"], 4);
-    assert_eq!(patient["types"]["ExplanationOfBenefit"]["delivered"], 10);
+    assert_eq!(patient["types"]["Patient"]["delivery"]["delivered"], 1);
+    assert_eq!(patient["types"]["Coverage"]["delivery"]["delivered"], 4);
+    assert_eq!(
+        patient["types"]["ExplanationOfBenefit"]["delivery"]["delivered"],
+        10
+    );
     let before = stored_in_connect(&stack).await.len();
 
     let second = sync().await;
     assert_eq!(
-        second["patients"][0]["types"]["ExplanationOfBenefit"]["delivered"],
+        second["patients"][0]["types"]["ExplanationOfBenefit"]["delivery"]["delivered"],
         0
     );
     assert_eq!(stored_in_connect(&stack).await.len(), before);
@@ -417,7 +521,7 @@ async fn the_admin_sync_delivers_what_changed_and_only_that() {
         .await;
     let third = sync().await;
     assert_eq!(
-        third["patients"][0]["types"]["ExplanationOfBenefit"]["delivered"],
+        third["patients"][0]["types"]["ExplanationOfBenefit"]["delivery"]["delivered"],
         4
     );
     let stored = stored_in_connect(&stack).await;
@@ -449,10 +553,14 @@ async fn the_admin_sync_delivers_what_changed_and_only_that() {
 
 #[tokio::test]
 async fn connects_rate_limit_is_waited_out() {
+    // Unpaced, the app runs into connect's limit (10/s): each 429 is waited out, none is an outage.
     let stack = Stack::start_with(
         |o| o.eob_count = Some(40),
         |c| c.rate_limit_per_sec = 10,
-        &["connect_mode=resource".into()],
+        &[
+            "connect_mode=resource".into(),
+            "connect_rate_limit=0".into(),
+        ],
     )
     .await
     .unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use cms_sandbox::{BBUSER00001_PATIENT, BBUSER29999_PATIENT};
 use e2e::beneficiary::{self, authorize_at_cms, sign_in, Consent};
 use e2e::{token_key, workspace_root, Stack, ADMIN_KEY, CLIENT_SECRET};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
@@ -111,16 +111,15 @@ async fn no_secret_reaches_a_log_a_response_or_the_store_in_plain_text() {
 
 #[tokio::test]
 async fn forged_replayed_and_expired_states_never_reach_cms() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    // States live 2 seconds here: the beneficiary "takes too long" at CMS.
+    let stack = Stack::start(|_| {}, &["state_ttl_secs=2".into()])
+        .await
+        .unwrap();
     let callback = authorize_at_cms(&stack.base_url(), "BBUser29999", Consent::All)
         .await
         .unwrap();
     let q: HashMap<String, String> = callback.query_pairs().into_owned().collect();
-    // An expired state: CMS took too long (the record is aged in the store, as 10 minutes would).
-    let key = format!("state:{}", q["state"]);
-    let mut record: Value = serde_json::from_slice(&stack.store_get(&key).unwrap()).unwrap();
-    record["created_at"] = json!(record["created_at"].as_i64().unwrap() - 601);
-    stack.store_set(&key, &serde_json::to_vec(&record).unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let token_calls = || async {
         let counters = stack.cms_counters().await;
         counters["by_path"]["/v2/o/token/"].clone()
@@ -136,7 +135,7 @@ async fn forged_replayed_and_expired_states_never_reach_cms() {
         ),
     ] {
         let resp = beneficiary::client().get(url).send().await.unwrap();
-        assert_eq!(resp.status(), 400);
+        assert_eq!(resp.status(), 403);
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
     }
     assert_eq!(token_calls().await, before, "CMS was asked anyway");
@@ -192,7 +191,16 @@ fn each_component_may_call_only_what_it_needs() {
             .unwrap_or_default()
     };
     assert!(hosts("authorize").is_empty());
-    assert!(hosts("docs").is_empty());
+    // The docs component asks the others for their health, over local service chaining only.
+    assert_eq!(
+        hosts("docs"),
+        [
+            "http://authorize.spin.internal",
+            "http://callback.spin.internal",
+            "http://fhir-fetch.spin.internal",
+            "http://connect-push.spin.internal",
+        ]
+    );
     assert_eq!(hosts("callback"), ["{{ cms_base_url }}"]);
     assert_eq!(hosts("connect-push"), ["{{ connect_url }}"]);
     assert_eq!(
@@ -214,7 +222,24 @@ fn each_component_may_call_only_what_it_needs() {
             .map(|(id, _)| id.clone())
             .collect()
     };
-    assert!(!readers("cms_client_secret").contains(&"authorize".to_string()));
-    assert!(!readers("token_key").contains(&"authorize".to_string()));
-    assert!(!readers("token_key").contains(&"connect-push".to_string()));
+    let exactly = |variable: &str, expected: &[&str]| {
+        let mut got = readers(variable);
+        got.sort();
+        assert_eq!(got, expected, "who reads {variable}");
+    };
+    exactly("cms_client_secret", &["callback", "fhir-fetch"]);
+    // Everything at rest is sealed with it: each component that stores something.
+    exactly(
+        "token_key",
+        &["authorize", "callback", "connect-push", "fhir-fetch"],
+    );
+    exactly("admin_api_key", &["connect-push", "fhir-fetch"]);
+    assert!(
+        readers("cms_client_id").iter().all(|c| c != "docs"),
+        "docs holds no settings"
+    );
+    assert!(
+        manifest["component"]["docs"].get("variables").is_none(),
+        "the docs component is given no variable at all"
+    );
 }
