@@ -6,6 +6,7 @@ mod app;
 mod auth;
 mod browser;
 mod connect;
+mod delivery;
 mod demo;
 mod deploy;
 mod docs;
