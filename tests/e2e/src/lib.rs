@@ -372,6 +372,18 @@ impl Stack {
         .collect()
     }
 
+    /// Every key of the app's default store with its value's size in bytes.
+    pub fn store_dump_sizes(&self) -> Vec<(String, usize)> {
+        let db = self.store();
+        let mut stmt = db
+            .prepare("SELECT key, length(value) FROM spin_key_value WHERE store = 'default' ORDER BY key")
+            .expect("a query");
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("rows")
+            .map(|r| r.expect("a row"))
+            .collect()
+    }
+
     /// One value of the default store.
     pub fn store_get(&self, key: &str) -> Option<Vec<u8>> {
         use rusqlite::OptionalExtension;

@@ -15,3 +15,4 @@ mod fhir;
 mod fuzz;
 mod load;
 mod security;
+mod state;
