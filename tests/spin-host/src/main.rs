@@ -95,7 +95,12 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(dir) = &app.state().log_dir {
         eprintln!("Logging component stdio to \"{}\"", dir.join("").display());
     }
+    let default_store = app.kv_store("default");
     match &app.state().default_store {
+        _ if default_store.as_ref().is_some_and(|s| s.kind() == "redis") => println!(
+            "Storing default key-value data to {}.",
+            default_store.and_then(|s| s.summary()).unwrap_or_default()
+        ),
         Some(file) => println!("Storing default key-value data to \"{}\".", file.display()),
         None => println!("Storing default key-value data to a temporary in-memory store."),
     }

@@ -35,7 +35,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "fermyon:spin/spin-host-imports",
-        imports: { default: trappable },
+        // Async: a Redis store answers over the network.
+        imports: { default: async | trappable },
         with: {
             "fermyon:spin/key-value.store": crate::kv::KvStore,
             "wasi:keyvalue/store.bucket": crate::kv::KvStore,
@@ -140,9 +141,16 @@ impl App {
                 .with_context(|| format!("Failed to create log dir {}", dir.display()))?;
         }
         let mut stores = KvStores::default();
-        stores.insert(KvStore::open("default", state.default_store.as_deref())?);
         for (label, path) in &runtime_config.kv_stores {
             stores.insert(KvStore::open(label, path.as_deref())?);
+        }
+        for (label, url) in &runtime_config.redis_stores {
+            stores.insert(KvStore::redis(label, url)?);
+        }
+        // Spin's own `default` (SQLite in the state directory) only when the runtime config has none: a
+        // `default` on Redis leaves no SQLite file behind.
+        if stores.get("default").is_none() {
+            stores.insert(KvStore::open("default", state.default_store.as_deref())?);
         }
 
         let engine = engine()?;
@@ -519,64 +527,72 @@ fn kv_error(err: anyhow::Error) -> key_value::Error {
 impl key_value::Host for Ctx {}
 
 impl key_value::HostStore for Ctx {
-    fn open(&mut self, label: String) -> Result<Result<Resource<KvStore>, key_value::Error>> {
+    async fn open(&mut self, label: String) -> Result<Result<Resource<KvStore>, key_value::Error>> {
         if !self.component.kv_labels.contains(&label) {
             return Ok(Err(key_value::Error::AccessDenied));
         }
-        let Some(store) = self.component.stores.get(&label) else {
+        let Some(store) = self.component.stores.get(&label).cloned() else {
             return Ok(Err(key_value::Error::NoSuchStore));
         };
-        Ok(Ok(self.table.push(store.clone())?))
+        if let Err(err) = store.connect().await {
+            return Ok(Err(kv_error(err)));
+        }
+        Ok(Ok(self.table.push(store)?))
     }
 
-    fn get(
+    async fn get(
         &mut self,
         store: Resource<KvStore>,
         key: String,
     ) -> Result<Result<Option<Vec<u8>>, key_value::Error>> {
-        Ok(self.table.get(&store)?.get(&key).map_err(kv_error))
+        let store = self.table.get(&store)?.clone();
+        Ok(store.get(&key).await.map_err(kv_error))
     }
 
-    fn set(
+    async fn set(
         &mut self,
         store: Resource<KvStore>,
         key: String,
         value: Vec<u8>,
     ) -> Result<Result<(), key_value::Error>> {
-        Ok(self.table.get(&store)?.set(&key, &value).map_err(kv_error))
+        let store = self.table.get(&store)?.clone();
+        Ok(store.set(&key, &value).await.map_err(kv_error))
     }
 
-    fn delete(
+    async fn delete(
         &mut self,
         store: Resource<KvStore>,
         key: String,
     ) -> Result<Result<(), key_value::Error>> {
-        Ok(self.table.get(&store)?.delete(&key).map_err(kv_error))
+        let store = self.table.get(&store)?.clone();
+        Ok(store.delete(&key).await.map_err(kv_error))
     }
 
-    fn exists(
+    async fn exists(
         &mut self,
         store: Resource<KvStore>,
         key: String,
     ) -> Result<Result<bool, key_value::Error>> {
-        Ok(self.table.get(&store)?.exists(&key).map_err(kv_error))
+        let store = self.table.get(&store)?.clone();
+        Ok(store.exists(&key).await.map_err(kv_error))
     }
 
-    fn get_keys(
+    async fn get_keys(
         &mut self,
         store: Resource<KvStore>,
     ) -> Result<Result<Vec<String>, key_value::Error>> {
-        Ok(self.table.get(&store)?.keys().map_err(kv_error))
+        let store = self.table.get(&store)?.clone();
+        Ok(store.keys().await.map_err(kv_error))
     }
 
-    fn drop(&mut self, store: Resource<KvStore>) -> Result<()> {
+    async fn drop(&mut self, store: Resource<KvStore>) -> Result<()> {
         self.table.delete(store)?;
         Ok(())
     }
 }
 
 impl variables::Host for Ctx {
-    fn get(&mut self, name: String) -> Result<Result<String, variables::Error>> {
+    async fn get(&mut self, name: String) -> Result<Result<String, variables::Error>> {
         // Spin's wording, e.g. `"Bad-Name": invalid character 'B'. Variable names may contain only ...`.
         let invalid = name
             .chars()

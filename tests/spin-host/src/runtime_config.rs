@@ -1,5 +1,6 @@
 //! The parts of Spin's runtime config (`spin up --runtime-config-file`) that this app relies on:
-//! `[key_value_store.<label>]` of type `spin` (SQLite) and `[[client_tls]]` for private CAs.
+//! `[key_value_store.<label>]` of type `spin` (SQLite, `path`) or `redis` (`url`), and `[[client_tls]]`
+//! for private CAs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,10 @@ use super::outbound::tls_config;
 
 #[derive(Debug, Default)]
 pub struct RuntimeConfig {
-    /// label → SQLite file (None: in memory).
+    /// Stores of type `spin`: label → SQLite file (None: in memory).
     pub kv_stores: Vec<(String, Option<PathBuf>)>,
+    /// Stores of type `redis`: label → URL (`redis://host:port`).
+    pub redis_stores: Vec<(String, String)>,
     client_tls: Vec<ClientTlsEntry>,
     /// `state_dir = "..."`: used when `--state-dir` is not given (empty: unset), as in Spin.
     pub state_dir: Option<PathBuf>,
@@ -37,6 +40,7 @@ struct RawKvStore {
     #[serde(rename = "type")]
     kind: String,
     path: Option<PathBuf>,
+    url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,12 +77,21 @@ impl RuntimeConfig {
     pub fn parse(text: &str, dir: &Path) -> Result<RuntimeConfig> {
         let raw: RawConfig = toml::from_str(text)?;
         let mut kv_stores = Vec::new();
+        let mut redis_stores = Vec::new();
         for (label, store) in raw.key_value_store {
             match store.kind.as_str() {
                 "spin" => kv_stores.push((label, store.path.map(|p| dir.join(p)))),
+                "redis" => {
+                    let url = store
+                        .url
+                        .with_context(|| format!("key_value_store.{label}: missing field `url`"))?;
+                    redis::parse_redis_url(&url)
+                        .with_context(|| format!("key_value_store.{label}: Invalid Redis URL"))?;
+                    redis_stores.push((label, url));
+                }
                 other => bail!(
                     "key_value_store.{label}: type {other:?} is not available in this test host \
-                     (only \"spin\", SQLite); Spin itself supports it"
+                     (only \"spin\", SQLite, and \"redis\"); Spin itself supports it"
                 ),
             }
         }
@@ -101,6 +114,7 @@ impl RuntimeConfig {
             .collect::<Result<_>>()?;
         Ok(RuntimeConfig {
             kv_stores,
+            redis_stores,
             client_tls,
             state_dir: raw.state_dir,
             log_dir: raw.log_dir,
@@ -157,11 +171,34 @@ mod tests {
             rc.kv_stores,
             vec![("default".to_string(), Some(PathBuf::from("/app/kv.db")))]
         );
-        let err = RuntimeConfig::parse(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://x\"\n",
+        assert!(rc.redis_stores.is_empty());
+        let rc = RuntimeConfig::parse(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://x:6379\"\n",
             Path::new("/app"),
         )
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("redis"));
+        .unwrap();
+        assert!(rc.kv_stores.is_empty());
+        assert_eq!(
+            rc.redis_stores,
+            vec![("default".to_string(), "redis://x:6379".to_string())]
+        );
+        for (text, why) in [
+            ("type = \"redis\"\n", "missing field `url`"),
+            (
+                "type = \"redis\"\nurl = \"http://x\"\n",
+                "Invalid Redis URL",
+            ),
+            (
+                "type = \"azure_cosmos\"\n",
+                "not available in this test host",
+            ),
+        ] {
+            let err = RuntimeConfig::parse(
+                &format!("[key_value_store.default]\n{text}"),
+                Path::new("/app"),
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains(why), "{err:#}");
+        }
     }
 }

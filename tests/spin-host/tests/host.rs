@@ -66,13 +66,23 @@ async fn start(
     variables: &[String],
     state_dir: Option<&Path>,
 ) -> anyhow::Result<(RunningHost, Captured)> {
+    start_with(manifest, variables, state_dir, None).await
+}
+
+/// [`start`] with a runtime config file.
+async fn start_with(
+    manifest: &Path,
+    variables: &[String],
+    state_dir: Option<&Path>,
+    runtime_config: Option<&Path>,
+) -> anyhow::Result<(RunningHost, Captured)> {
     build_probe();
     let captured = Captured::default();
     let app = App::load(&HostOptions {
         manifest: manifest.to_path_buf(),
         variables: variables.to_vec(),
         state_dir: state_dir.map_or(StateDir::Unset, |d| StateDir::Dir(d.to_path_buf())),
-        runtime_config: None,
+        runtime_config: runtime_config.map(Path::to_path_buf),
         env: Some(Default::default()),
         dotenv: None,
         output: Output::Capture(captured.clone()),
@@ -150,7 +160,7 @@ async fn key_value_persists_across_requests_and_restarts() {
         (200, "v1".into()),
         "--state-dir keeps values across restarts"
     );
-    let stored = host.app.kv_store("default").unwrap().dump().unwrap();
+    let stored = host.app.kv_store("default").unwrap().dump().await.unwrap();
     assert_eq!(stored, vec![("k".to_string(), b"v1".to_vec())]);
     // Where Spin keeps them: `<state dir>/sqlite_key_value.db`, Spin's table, no WAL; and the logs of the
     // components that ran (only those), in `<state dir>/logs/`.
@@ -185,6 +195,138 @@ async fn key_value_labels_are_enforced() {
     // `chained` lists no store at all.
     let (status, body) = get(format!("{base}/chained/kv/get?label=default&key=k")).await;
     assert_eq!((status, body.as_str()), (403, "Error::AccessDenied"));
+}
+
+/// Requests to the probe and what Spin 3.6.3 answered to each (recorded from `spin up` with the same
+/// runtime configs), in order: `wasi:keyvalue` compare-and-swap, get-many and increment.
+const ATOMICS_ON_REDIS: &[(&str, &str)] = &[
+    ("kv/set?key=k&value=one", "stored"),
+    // Every swap reports a failed CAS: `UNWATCH k` (Spin sends the key) is refused by Redis after the
+    // transaction ran, whether it was applied ...
+    ("kv/cas?key=k&value=two", "current=one swap=cas-failed stored=two"),
+    // ... or aborted by the watch.
+    ("kv/cas?key=k&value=three&interfere=other", "current=two swap=cas-failed stored=other"),
+    ("kv/cas?key=absent&value=x", "current=none swap=cas-failed stored=x"),
+    ("kv/cas?key=k&value=blind&skip_current=1", "current=skipped swap=cas-failed stored=blind"),
+    // The fresh CAS handed back (already `current`) swaps too, and reports failure too.
+    ("kv/cas?key=k&value=four&interfere=five&retry=six", "current=blind swap=cas-failed retry=cas-failed stored=six"),
+    ("kv/cas?key=k&value=seven&retry=eight", "current=six swap=cas-failed retry=cas-failed stored=eight"),
+    ("kv/set?key=a&value=1", "stored"),
+    // get-many is `KEYS a`: key names, not pairs, so nothing; `KEYS a k` is an arity error.
+    ("kv/get-many?keys=a", ""),
+    ("kv/get-many?keys=a,k", "Error::Other(\"An error was signalled by the server - ResponseError: wrong number of arguments for 'keys' command\")"),
+    ("kv/incr?key=n&delta=5", "5"),
+    ("kv/incr?key=n&delta=0", "5"),
+    ("kv/get?key=n", "5"),
+    ("kv/incr?key=k&delta=1", "Error::Other(\"An error was signalled by the server - ResponseError: value is not an integer or out of range\")"),
+];
+
+const ATOMICS_ON_SQLITE: &[(&str, &str)] = &[
+    ("kv/set?key=k&value=one", "stored"),
+    ("kv/cas?key=k&value=two", "current=one swap=ok stored=two"),
+    (
+        "kv/cas?key=k&value=three&interfere=other",
+        "current=two swap=cas-failed stored=other",
+    ),
+    // No value seen (absent key, or no `current`): a blind write.
+    ("kv/cas?key=absent&value=x", "current=none swap=ok stored=x"),
+    (
+        "kv/cas?key=k&value=blind&skip_current=1",
+        "current=skipped swap=ok stored=blind",
+    ),
+    // The fresh CAS handed back has seen `five`, so its swap is conditional, and succeeds.
+    (
+        "kv/cas?key=k&value=four&interfere=five&retry=six",
+        "current=blind swap=cas-failed retry=ok stored=six",
+    ),
+    (
+        "kv/cas?key=k&value=seven&retry=eight",
+        "current=six swap=ok stored=seven",
+    ),
+    ("kv/set?key=a&value=1", "stored"),
+    ("kv/get-many?keys=a", "a=1"),
+    ("kv/get-many?keys=a,k", "a=1,k=seven"),
+    // Keys that do not exist are left out.
+    ("kv/get-many?keys=a,nope", "a=1"),
+    ("kv/incr?key=n&delta=5", "5"),
+];
+
+async fn answers_as_spin(base: &str, script: &[(&str, &str)]) {
+    for (query, expected) in script {
+        let (_, body) = get(format!("{base}/probe/{query}&label=default")).await;
+        assert_eq!(body, *expected, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn wasi_keyvalue_answers_as_spin_3_6_3_does_on_sqlite() {
+    let up = upstream().await;
+    let dir = tempdir();
+    let config = dir.join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        "[key_value_store.default]\ntype = \"spin\"\npath = \"kv.db\"\n",
+    )
+    .unwrap();
+    let (host, _) = start_with(
+        &probe_manifest(),
+        &[format!("upstream=http://{up}")],
+        Some(&dir.join("state")),
+        Some(&config),
+    )
+    .await
+    .unwrap();
+    answers_as_spin(&host.base_url(), ATOMICS_ON_SQLITE).await;
+    assert!(dir.join("kv.db").exists());
+}
+
+#[tokio::test]
+async fn wasi_keyvalue_answers_as_spin_3_6_3_does_on_redis() {
+    if spin_host::redis_server::RedisServer::binary().is_none() {
+        eprintln!("SKIPPED wasi_keyvalue_answers_as_spin_3_6_3_does_on_redis: no redis-server (apt-get install redis-server)");
+        return;
+    }
+    let redis = spin_host::redis_server::RedisServer::start_on_a_free_port().unwrap();
+    let up = upstream().await;
+    let dir = tempdir();
+    let config = dir.join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let vars = [format!("upstream=http://{up}")];
+    let (host, _) = start_with(
+        &probe_manifest(),
+        &vars,
+        Some(&dir.join("state")),
+        Some(&config),
+    )
+    .await
+    .unwrap();
+    answers_as_spin(&host.base_url(), ATOMICS_ON_REDIS).await;
+    // A second host on the same Redis sees the first one's values; neither made a SQLite file.
+    let (second, _) = start_with(
+        &probe_manifest(),
+        &vars,
+        Some(&dir.join("state2")),
+        Some(&config),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get(format!(
+            "{}/probe/kv/get?label=default&key=k",
+            second.base_url()
+        ))
+        .await,
+        (200, "eight".into())
+    );
+    assert!(!dir.join("state").join("sqlite_key_value.db").exists());
+    assert!(!dir.join("state2").join("sqlite_key_value.db").exists());
 }
 
 #[tokio::test]
