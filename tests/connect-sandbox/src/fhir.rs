@@ -25,6 +25,9 @@ use serde_json::{Map, Value};
 
 use super::pyjson::{py_type, Py};
 
+mod repair_table;
+pub use repair_table::repair_table_source;
+
 const SCHEMA_TEXT: &str = include_str!("../schema/r4_schema.txt");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +93,8 @@ enum Ty {
 #[derive(Debug)]
 struct Element {
     name: &'static str,
+    /// The type as the table names it (`code`, `Reference`, `Resource`).
+    of: &'static str,
     ty: Ty,
     required: bool,
     many: bool,
@@ -207,6 +212,7 @@ fn parse_schema(text: &'static str) -> Schema {
                 }
                 m.elements.push(Element {
                     name,
+                    of: parts[1],
                     ty,
                     required: card.starts_with('1'),
                     many: card.ends_with('*'),
