@@ -8,7 +8,6 @@ use crate::config;
 use crate::error::Error;
 use crate::ports::Variables;
 
-/// Checks the bearer value a request carried against the `admin_api_key` variable.
 /// The shortest admin key accepted.
 pub const MIN_ADMIN_KEY_CHARS: usize = 32;
 
@@ -18,17 +17,14 @@ pub fn admin_key(vars: &impl Variables) -> Result<Result<String, &'static str>, 
         return Ok(Err("unset: admin routes are disabled"));
     };
     let lower = key.to_ascii_lowercase();
-    if [
-        "replace",
-        "changeme",
-        "change-me",
-        "example",
-        "placeholder",
-        "<",
-        "xxx",
-    ]
-    .iter()
-    .any(|p| lower.contains(p))
+    // Words of example files, `<your key>`, or `xxxx…`; none of these come out of a random generator
+    // (base64 and hex have no `<`, and a 7-letter word is a 1-in-10^12 chance).
+    let filler = key.chars().all(|c| Some(c) == key.chars().next());
+    if filler
+        || key.starts_with('<')
+        || ["replace", "changeme", "change-me", "example", "placeholder"]
+            .iter()
+            .any(|p| lower.contains(p))
     {
         return Ok(Err(
             "a placeholder: admin routes are disabled until a real key is set",
@@ -42,6 +38,7 @@ pub fn admin_key(vars: &impl Variables) -> Result<Result<String, &'static str>, 
     Ok(Ok(key))
 }
 
+/// Checks the bearer value a request carried against the `admin_api_key` variable.
 pub fn require_admin(vars: &impl Variables, bearer: Option<&str>) -> Result<(), Error> {
     let expected = admin_key(vars)?.map_err(|why| {
         Error::NotFound(format!(
@@ -79,6 +76,8 @@ mod tests {
             "",
             "s3cret-admin",
             "REPLACE_WITH_A_LONG_RANDOM_ADMIN_KEY_0123456789",
+            "<paste the output of openssl rand -base64 32>",
+            "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
         ] {
             let p = FakePlatform::new().with_var("admin_api_key", weak);
             assert!(
@@ -86,14 +85,15 @@ mod tests {
                 "{weak:?} opens nothing"
             );
         }
-        let key = "k8Yq1bV3m0Rz5Lw2Tn9Hs4Jd7Fg6Pc1Xa";
+        // Random keys may hold runs of a letter.
+        let key = "k8Yq1bV3m0Rz5Lw2Tn9XXXs4Jd7Fg6Pc1Xa";
         let p = FakePlatform::new().with_var("admin_api_key", key);
         assert!(matches!(
             status(require_admin(&p, None)),
             Error::Unauthorized(_)
         ));
         assert!(matches!(
-            status(require_admin(&p, Some("k8Yq1bV3m0Rz5Lw2Tn9Hs4Jd7Fg6Pc1X"))),
+            status(require_admin(&p, Some("k8Yq1bV3m0Rz5Lw2Tn9XXXs4Jd7Fg6Pc1X"))),
             Error::Unauthorized(_)
         ));
         assert!(require_admin(&p, Some(key)).is_ok());
