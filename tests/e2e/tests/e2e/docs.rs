@@ -1,7 +1,7 @@
 //! The user's side: the OpenAPI document, the offline Swagger UI, the health check, and problem+json for
 //! anything unknown.
 
-use e2e::{workspace_root, Stack};
+use e2e::{workspace_root, Stack, ADMIN_KEY};
 use serde_json::Value;
 
 #[tokio::test]
@@ -74,29 +74,63 @@ async fn swagger_ui_is_served_from_the_component_itself() {
     assert!(bundle.bytes().await.unwrap().len() > 100_000);
 }
 
-#[tokio::test]
-async fn health_reports_settings_without_values() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+/// `GET /bluebutton/healthz`: its status code and body, checked to carry no setting's value.
+async fn healthz(stack: &Stack, secrets: &[&str]) -> (u16, Value) {
     let resp = reqwest::get(format!("{}/bluebutton/healthz", stack.base_url()))
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let health: Value = resp.json().await.unwrap();
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let text = resp.text().await.unwrap();
+    for secret in secrets {
+        assert!(!text.contains(secret), "a value leaked: {text}");
+    }
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+#[tokio::test]
+async fn health_reports_settings_and_reachability_without_values() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let (status, health) = healthz(&stack, &[ADMIN_KEY, &e2e::token_key()]).await;
+    assert_eq!(status, 200, "{health}");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["checks"]["token_key"], "ok");
+    assert_eq!(health["checks"]["admin_api_key"], "ok");
+    assert_eq!(health["reachable"]["cms"], "ok");
+    assert_eq!(health["reachable"]["connect"], "ok");
+    // Every component answered for itself, over local service chaining.
+    for component in ["authorize", "callback", "fhir-fetch", "connect-push"] {
+        assert_eq!(health["components"][component], "ok", "{health}");
+    }
+
+    // Connect down: the settings are fine, so the app is degraded, not misconfigured.
+    let closed_port = e2e::free_port();
+    let stack = Stack::start(
+        |_| {},
+        &[format!("connect_url=http://127.0.0.1:{closed_port}")],
+    )
+    .await
+    .unwrap();
+    let (status, health) = healthz(&stack, &[]).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["reachable"]["cms"], "ok");
+    assert!(
+        health["reachable"]["connect"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{health}"
+    );
+
     let stack = Stack::start(
         |_| {},
         &["token_key=tooshort".into(), "admin_api_key=".into()],
     )
     .await
     .unwrap();
-    let resp = reqwest::get(format!("{}/bluebutton/healthz", stack.base_url()))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 503);
-    let text = resp.text().await.unwrap();
-    assert!(!text.contains("tooshort"), "a value leaked: {text}");
-    let health: Value = serde_json::from_str(&text).unwrap();
+    let (status, health) = healthz(&stack, &["tooshort"]).await;
+    assert_eq!(status, 503);
     assert_eq!(health["status"], "misconfigured");
     assert!(health["checks"]["token_key"]
         .as_str()
