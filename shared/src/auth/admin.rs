@@ -93,7 +93,10 @@ mod tests {
             Error::Unauthorized(_)
         ));
         assert!(matches!(
-            status(require_admin(&p, Some("k8Yq1bV3m0Rz5Lw2Tn9XXXs4Jd7Fg6Pc1X"))),
+            status(require_admin(
+                &p,
+                Some("k8Yq1bV3m0Rz5Lw2Tn9XXXs4Jd7Fg6Pc1X")
+            )),
             Error::Unauthorized(_)
         ));
         assert!(require_admin(&p, Some(key)).is_ok());

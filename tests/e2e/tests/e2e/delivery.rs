@@ -35,7 +35,13 @@ fn in_connect(stack: &Stack) -> Vec<String> {
                 .collect(),
             _ => vec![r.resource.clone()],
         })
-        .map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -100,12 +106,24 @@ async fn a_fetch_without_push_and_a_filtered_fetch_leave_the_sync_everything_to_
     .await;
     assert_eq!(resp.status(), 200);
     let newer: Value = resp.json().await.unwrap();
-    assert_eq!((newer["total"].as_u64(), all), (Some(10), 30), "a narrower fetch");
+    assert_eq!(
+        (newer["total"].as_u64(), all),
+        (Some(10), 30),
+        "a narrower fetch"
+    );
     let (status, report) = sync(&stack).await;
     assert_eq!(status, 200);
-    assert_eq!(delivered(&report, "ExplanationOfBenefit"), all, "every claim, once the sync runs");
+    assert_eq!(
+        delivered(&report, "ExplanationOfBenefit"),
+        all,
+        "every claim, once the sync runs"
+    );
     let (_, again) = sync(&stack).await;
-    assert_eq!(delivered(&again, "ExplanationOfBenefit"), 0, "and then the cursor has moved");
+    assert_eq!(
+        delivered(&again, "ExplanationOfBenefit"),
+        0,
+        "and then the cursor has moved"
+    );
 }
 
 #[tokio::test]
@@ -117,10 +135,16 @@ async fn a_patient_who_withheld_demographics_still_gets_coverage_and_claims_deli
     let resp = beneficiary::client().get(callback).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let granted: Value = resp.json().await.unwrap();
-    assert!(!granted["scope"].as_str().unwrap().contains("patient/Patient"));
+    assert!(!granted["scope"]
+        .as_str()
+        .unwrap()
+        .contains("patient/Patient"));
     let session = granted["session"].as_str().unwrap();
     // The session cannot fetch the withheld type (CMS is not even asked).
-    assert_eq!(fetch(&stack, session, "Patient?push=false").await.status(), 403);
+    assert_eq!(
+        fetch(&stack, session, "Patient?push=false").await.status(),
+        403
+    );
 
     let (status, report) = sync(&stack).await;
     assert_eq!(status, 200);
@@ -162,8 +186,14 @@ async fn a_wrong_connect_url_queues_everything_and_the_right_one_drains_it_in_or
         .map(|i| i["resources"].as_u64().unwrap())
         .sum();
     assert_eq!(queued, 120);
-    assert!(outbox["items"][0]["last_error"].as_str().unwrap().contains("404"));
-    assert_eq!(stack.admin_get("/bluebutton/connect/dead-letters").await["count"], 0);
+    assert!(outbox["items"][0]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("404"));
+    assert_eq!(
+        stack.admin_get("/bluebutton/connect/dead-letters").await["count"],
+        0
+    );
 
     // The operator fixes the URL; the next sync drains the outbox first, in order.
     let right = format!("connect_url={}", stack.connect.base_url());
@@ -175,7 +205,12 @@ async fn a_wrong_connect_url_queues_everything_and_the_right_one_drains_it_in_or
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| format!("ExplanationOfBenefit/{}", e["resource"]["id"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "ExplanationOfBenefit/{}",
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
             .collect()
     };
     let (status, report) = sync(&stack).await;
@@ -183,9 +218,16 @@ async fn a_wrong_connect_url_queues_everything_and_the_right_one_drains_it_in_or
     assert_eq!(report["outbox"]["replayed"], 120);
     let stored = in_connect(&stack);
     let eobs: Vec<String> = eobs_in(&stored).into_iter().cloned().collect();
-    assert_eq!(eobs.len(), 120, "each once: the sync's own fetch found nothing new to send");
+    assert_eq!(
+        eobs.len(),
+        120,
+        "each once: the sync's own fetch found nothing new to send"
+    );
     assert_eq!(eobs, expected, "in CMS's order");
-    assert_eq!(stack.admin_get("/bluebutton/connect/outbox").await["count"], 0);
+    assert_eq!(
+        stack.admin_get("/bluebutton/connect/outbox").await["count"],
+        0
+    );
 }
 
 /// The app is killed at random points of a 1,000-claim sync, again and again, and started again on
