@@ -19,7 +19,7 @@ pub fn admin_key(vars: &impl Variables) -> Result<Result<String, &'static str>, 
     let lower = key.to_ascii_lowercase();
     // Words of example files, `<your key>`, or `xxxx…`; none of these come out of a random generator
     // (base64 and hex have no `<`, and a 7-letter word is a 1-in-10^12 chance).
-    let filler = key.chars().all(|c| Some(c) == key.chars().next());
+    let filler = key.chars().all(|c| key.starts_with(c));
     if filler
         || key.starts_with('<')
         || ["replace", "changeme", "change-me", "example", "placeholder"]
