@@ -254,18 +254,21 @@ pub fn store<P: Backing>(
     vault.put(&session.key(), record, session.record.lifetime)
 }
 
-/// Swaps the record only if nobody changed it since `session` was read.
-pub fn swap<P: Backing>(
+/// Replaces the record with `record` (which claims it) only if nobody changed it since `session` was
+/// read and no other claimant's write replaced it (see [`Vault::claim`]).
+pub async fn claim<P: Backing>(
     vault: &Vault<'_, P>,
     session: &Session,
     record: &SessionRecord,
 ) -> Result<bool, Error> {
-    vault.swap(
-        &session.key(),
-        &session.record,
-        record,
-        session.record.lifetime,
-    )
+    vault
+        .claim(
+            &session.key(),
+            &session.record,
+            record,
+            session.record.lifetime,
+        )
+        .await
 }
 
 /// The newest live session of every patient, for the admin sync. On the way it removes what has ended

@@ -89,7 +89,7 @@ pub async fn access_token<P: Platform>(
             until: now + CLAIM_SECS,
             by: claim_id(vault),
         });
-        if !session::swap(vault, &latest, &claimed)? {
+        if !session::claim(vault, &latest, &claimed).await? {
             // Someone claimed or refreshed it first: look again.
             *session = latest;
             continue;

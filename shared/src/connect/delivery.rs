@@ -377,7 +377,7 @@ impl<'a, P: Platform> Delivery<'a, P> {
                         .await;
                     continue;
                 }
-                if !outbox::try_claim(self.vault, &seen, self.claim())? {
+                if !outbox::try_claim(self.vault, &seen, self.claim()).await? {
                     continue;
                 }
                 self.replay(seen.value).await?;

@@ -96,19 +96,26 @@ pub fn get<P: Backing>(
 }
 
 /// Claims an entry read as `seen` for the delivery `claim` names; `false` when another got there first.
-pub fn try_claim<P: Backing>(
+pub async fn try_claim<P: Backing>(
     vault: &Vault<'_, P>,
     seen: &Versioned<OutboxEntry>,
     claim: Claim,
 ) -> Result<bool, Error> {
+    let claimed = with_claim(seen, claim);
+    vault
+        .claim(
+            &key(vault, seen.value.slot()),
+            seen,
+            &claimed,
+            Lifetime::Forever,
+        )
+        .await
+}
+
+fn with_claim(seen: &Versioned<OutboxEntry>, claim: Claim) -> OutboxEntry {
     let mut claimed = seen.value.clone();
     claimed.claim = Some(claim);
-    vault.swap(
-        &key(vault, seen.value.slot()),
-        seen,
-        &claimed,
-        Lifetime::Forever,
-    )
+    claimed
 }
 
 /// Extends this delivery's claim on the batch in `slot`; `false` when the claim is no longer its own.
@@ -119,7 +126,9 @@ pub fn renew<P: Backing>(vault: &Vault<'_, P>, slot: u64, claim: Claim) -> Resul
     if seen.value.claim.as_ref().is_none_or(|c| c.by != claim.by) {
         return Ok(false);
     }
-    try_claim(vault, &seen, claim)
+    // Only the holder extends a claim, so no other claimant can race this swap.
+    let claimed = with_claim(&seen, claim);
+    vault.swap(&key(vault, slot), &seen, &claimed, Lifetime::Forever)
 }
 
 /// Gives a claimed batch back to the outbox, noting the attempt and why it failed.

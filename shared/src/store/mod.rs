@@ -12,6 +12,10 @@ use crate::crypto::{OpenError, TokenKey, SEAL_OVERHEAD};
 use crate::error::Error;
 use crate::ports::{Clock, KeyValue, Random, StoreError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
+/// How long a claimant waits before checking that its claim stands (see [`Vault::claim`]): far longer
+/// than the gap between another claimant's read and write, far shorter than any claim is held.
+const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What the ports a [`Vault`] needs.
 pub trait Backing: KeyValue + Clock + Random {}
 impl<T: KeyValue + Clock + Random> Backing for T {}
@@ -170,6 +174,28 @@ impl<'a, P: Backing> Vault<'a, P> {
             .compare_and_swap(key, &previous.raw, &sealed)?)
     }
 
+    /// Claims a record (a lease others respect) only if nobody changed it since `previous` was read.
+    /// Spin's Redis store shares one connection between an instance's requests, so its `WATCH` can miss
+    /// a concurrent writer and two swaps can both report success; the later write is the one stored, so
+    /// after a pause each claimant reads the record again and only the one whose write stands goes on.
+    pub async fn claim<T: Serialize>(
+        &self,
+        key: &str,
+        previous: &Versioned<impl Serialize>,
+        value: &T,
+        lifetime: Lifetime,
+    ) -> Result<bool, Error> {
+        let sealed = self.seal(key, value, lifetime)?;
+        if !self
+            .platform
+            .compare_and_swap(key, &previous.raw, &sealed)?
+        {
+            return Ok(false);
+        }
+        self.platform.sleep(CLAIM_SETTLE).await;
+        Ok(self.platform.get(key)?.as_deref() == Some(sealed.as_slice()))
+    }
+
     pub fn delete(&self, key: &str) -> Result<(), Error> {
         self.platform.delete(key)?;
         Ok(())
@@ -297,6 +323,23 @@ mod tests {
         assert!(!vault.swap("r", &read, &3, Lifetime::Forever).unwrap());
         let read = vault.get_versioned::<i32>("r").unwrap().unwrap();
         assert!(vault.swap("r", &read, &3, Lifetime::Forever).unwrap());
+        assert_eq!(vault.get::<i32>("r").unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_claim_stands_only_if_no_later_write_replaced_it() {
+        let p = FakePlatform::new();
+        let k = key();
+        let vault = Vault::new(&p, &k);
+        vault.put("r", &1, Lifetime::Forever).unwrap();
+        let read = vault.get_versioned::<i32>("r").unwrap().unwrap();
+        let claim = vault.claim("r", &read, &2, Lifetime::Forever);
+        assert!(futures::executor::block_on(claim).unwrap());
+        let stale = vault.get_versioned::<i32>("r").unwrap().unwrap();
+        vault.put("r", &3, Lifetime::Forever).unwrap();
+        assert!(
+            !futures::executor::block_on(vault.claim("r", &stale, &4, Lifetime::Forever)).unwrap()
+        );
         assert_eq!(vault.get::<i32>("r").unwrap(), Some(3));
     }
 
