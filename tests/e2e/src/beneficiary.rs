@@ -46,13 +46,19 @@ fn location(resp: &Response) -> Result<Url> {
 /// From `GET {app}/bluebutton/authorize` to the URL CMS redirects back to (the app's callback, not yet
 /// visited).
 pub async fn authorize_at_cms(app_base: &str, username: &str, consent: Consent) -> Result<Url> {
-    let http = client();
-    let user = synthetic_user(username).context("unknown synthetic user")?;
-    let resp = http
+    let resp = client()
         .get(format!("{app_base}/bluebutton/authorize"))
         .send()
         .await?;
     let cms_authorize = location(&resp)?;
+    consent_at_cms(cms_authorize, username, consent).await
+}
+
+/// From CMS's authorization URL (as the app answers it, redirect or JSON) to the URL CMS redirects back
+/// to (the app's callback, not yet visited): logs in and answers the consent form.
+pub async fn consent_at_cms(cms_authorize: Url, username: &str, consent: Consent) -> Result<Url> {
+    let http = client();
+    let user = synthetic_user(username).context("unknown synthetic user")?;
     let resp = http.get(cms_authorize).send().await?;
     let mut next = location(&resp)?;
     // Login page.

@@ -1,13 +1,16 @@
 //! Support for the end-to-end suite and the bench: the app under test as a child process on `spin-host`
 //! or the real Spin CLI ([`host`]), wired to in-process emulators of CMS and LinuxForHealth connect
-//! ([`Stack`]); a beneficiary's sign-in ([`beneficiary`]); the builds they need, done once per process
-//! with cargo's output shown only when one fails.
+//! ([`Stack`]), or two instances of it sharing a Redis of the test's own ([`Replicas`], [`Redis`]); a
+//! beneficiary's sign-in ([`beneficiary`]); the builds they need, done once per process with cargo's
+//! output shown only when one fails.
 //!
 //! Quiet by default, loud on failure: what the app printed is kept in a temp folder and shown when the
 //! test panics; nothing is left behind (temp folders are removed on drop).
 
 pub mod beneficiary;
 pub mod host;
+pub mod redis;
+pub mod replicas;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +21,8 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::Result;
 
 pub use host::{on_real_spin, AppHost, AppOptions, HostBinary, StartFailure};
+pub use redis::Redis;
+pub use replicas::Replicas;
 
 /// The workspace root (where `spin.toml` is).
 pub fn workspace_root() -> PathBuf {
@@ -248,37 +253,9 @@ impl Stack {
         extra: &[String],
         runtime_config: Option<&Path>,
     ) -> Result<Stack> {
-        // The builds come first: they block, and the emulators should not wait on them.
-        build_wasm();
-        let _ = HostBinary::from_env();
         let port = free_port();
-        let redirect_uri = format!("http://127.0.0.1:{port}/bluebutton/callback");
-        let mut options = cms_sandbox::Options {
-            client_id: CLIENT_ID.into(),
-            client_secret: CLIENT_SECRET.into(),
-            redirect_uri: redirect_uri.clone(),
-            ..Default::default()
-        };
-        configure(&mut options);
-        let cms =
-            cms_sandbox::CmsSandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), options).await?;
-        let mut connect_options = connect_sandbox::Options::default();
-        configure_connect(&mut connect_options);
-        let connect = connect_sandbox::ConnectSandbox::start(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            connect_options,
-        )
-        .await?;
-        let mut variables = vec![
-            format!("cms_base_url={}", cms.base_url()),
-            format!("connect_url={}", connect.base_url()),
-            format!("cms_client_id={CLIENT_ID}"),
-            format!("cms_client_secret={CLIENT_SECRET}"),
-            format!("redirect_uri={redirect_uri}"),
-            format!("token_key={}", token_key()),
-            format!("admin_api_key={ADMIN_KEY}"),
-        ];
-        variables.extend_from_slice(extra);
+        let (cms, connect, variables) =
+            emulators(configure, configure_connect, extra, port).await?;
         let app = AppHost::start(AppOptions {
             port: Some(port),
             variables,
@@ -425,6 +402,52 @@ impl Stack {
             db.execute_batch(&sql).expect("a trigger");
         }
     }
+}
+
+/// Builds what the app needs, starts the CMS and connect emulators, and answers the app's variables:
+/// CMS's registered redirect URI is `http://127.0.0.1:<callback_port>/bluebutton/callback`, `extra`
+/// comes after the defaults (the last `--variable` of a name wins, in Spin as in `spin-host`).
+pub(crate) async fn emulators(
+    configure: impl FnOnce(&mut cms_sandbox::Options),
+    configure_connect: impl FnOnce(&mut connect_sandbox::Options),
+    extra: &[String],
+    callback_port: u16,
+) -> Result<(
+    cms_sandbox::CmsSandbox,
+    connect_sandbox::ConnectSandbox,
+    Vec<String>,
+)> {
+    // The builds come first: they block, and the emulators should not wait on them.
+    build_wasm();
+    let _ = HostBinary::from_env();
+    let redirect_uri = format!("http://127.0.0.1:{callback_port}/bluebutton/callback");
+    let mut options = cms_sandbox::Options {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        redirect_uri: redirect_uri.clone(),
+        ..Default::default()
+    };
+    configure(&mut options);
+    let cms =
+        cms_sandbox::CmsSandbox::start(SocketAddr::from(([127, 0, 0, 1], 0)), options).await?;
+    let mut connect_options = connect_sandbox::Options::default();
+    configure_connect(&mut connect_options);
+    let connect = connect_sandbox::ConnectSandbox::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        connect_options,
+    )
+    .await?;
+    let mut variables = vec![
+        format!("cms_base_url={}", cms.base_url()),
+        format!("connect_url={}", connect.base_url()),
+        format!("cms_client_id={CLIENT_ID}"),
+        format!("cms_client_secret={CLIENT_SECRET}"),
+        format!("redirect_uri={redirect_uri}"),
+        format!("token_key={}", token_key()),
+        format!("admin_api_key={ADMIN_KEY}"),
+    ];
+    variables.extend_from_slice(extra);
+    Ok((cms, connect, variables))
 }
 
 /// A client whose requests time out ([`beneficiary::REQUEST_TIMEOUT`]).

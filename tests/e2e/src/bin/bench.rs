@@ -80,6 +80,13 @@ const MEASUREMENTS: &[(&str, Measurement)] = &[
     ("the paged 1,000-EOB fetch", || Box::pin(paged_fetch())),
     ("the original client's way", || Box::pin(seed_way())),
     ("the sync into connect", || Box::pin(sync_into_connect())),
+    ("the real CMS claims", || Box::pin(real_claims())),
+    ("abandoned authorizations", || {
+        Box::pin(abandoned_authorizations())
+    }),
+    ("the refresh after expiry", || {
+        Box::pin(refresh_after_expiry())
+    }),
     ("the per-request overhead", || Box::pin(overhead())),
     ("the peak RSS of the host", || Box::pin(peak_rss())),
     ("the component sizes", || Box::pin(wasm_size())),
@@ -217,13 +224,26 @@ async fn seed_way() -> Result<Vec<Figure>> {
     )])
 }
 
-/// `sync_1000_resources_per_s`: `POST /bluebutton/sync` of a 1,000-EOB patient (with its Patient and 4
-/// Coverage) into connect-sandbox, batches under the byte budget; connect's 10/s rate limit is off here.
-async fn sync_into_connect() -> Result<Vec<Figure>> {
-    let app = SignedIn::start(0, 1000, &[]).await?;
+/// One `POST /bluebutton/sync` of a 1,000-EOB patient (with its Patient and 4 Coverage) into
+/// connect-sandbox with `rate_limit` posts per second (0 = off) on connect's side.
+struct Sync1000 {
+    delivered: u64,
+    secs: f64,
+    posts: u64,
+    busy_answers: u64,
+}
+
+async fn sync_1000(rate_limit: u32) -> Result<Sync1000> {
+    let stack = Stack::start_with(
+        |o| o.eob_count = Some(1000),
+        |c| c.rate_limit_per_sec = rate_limit,
+        &[],
+    )
+    .await?;
+    session_of(&stack.base_url()).await?;
     let started = Instant::now();
     let report: Value = Client::new()
-        .post(format!("{}/bluebutton/sync", app.stack.base_url()))
+        .post(format!("{}/bluebutton/sync", stack.base_url()))
         .bearer_auth(e2e::ADMIN_KEY)
         .send()
         .await?
@@ -241,19 +261,170 @@ async fn sync_into_connect() -> Result<Vec<Figure>> {
         "the sync delivered {} of 1,000 EOBs: {report}",
         types["ExplanationOfBenefit"]["delivered"]
     );
-    let records = app.stack.connect.records().len();
+    let stats = stack.connect.stats();
+    Ok(Sync1000 {
+        delivered,
+        secs,
+        posts: stats.requests,
+        busy_answers: stats.by_status.get(&429).copied().unwrap_or(0),
+    })
+}
+
+/// `sync_1000_resources_per_s` with connect's rate limit off, then `paced_sync_1000_resources_per_s`
+/// at connect's default limit (10 posts/s per client), how much of that limit the app used, and how
+/// often connect had to say it was busy.
+async fn sync_into_connect() -> Result<Vec<Figure>> {
+    let free = sync_1000(0).await?;
+    let limit = connect_sandbox::Options::default().rate_limit_per_sec;
+    let paced = sync_1000(limit).await?;
+    let posts_per_s = paced.posts as f64 / paced.secs;
     Ok(vec![
         figure(
             "sync_1000_resources_per_s",
-            delivered as f64 / secs,
-            format!("{delivered} resources in {secs:.2} s, {records} POSTs to connect"),
+            free.delivered as f64 / free.secs,
+            format!(
+                "{} resources in {:.2} s, {} POSTs; connect's rate limit off",
+                free.delivered, free.secs, free.posts
+            ),
         ),
         figure(
-            "sync_1000_batches",
-            records as f64,
-            "Bundles connect stored",
+            "paced_sync_1000_resources_per_s",
+            paced.delivered as f64 / paced.secs,
+            format!(
+                "{} resources in {:.2} s, {} POSTs; connect's default limit of {limit}/s",
+                paced.delivered, paced.secs, paced.posts
+            ),
+        ),
+        figure(
+            "paced_share_of_limit",
+            posts_per_s / f64::from(limit),
+            format!("{posts_per_s:.2} POSTs/s of connect's {limit}/s"),
+        ),
+        figure(
+            "paced_busy_answers",
+            paced.busy_answers as f64,
+            "429s connect answered the paced sync",
         ),
     ])
+}
+
+/// `real_capture_delivered_of_52`: the 52 EOBs of CMS's real sandbox capture (BBUser00001), which all
+/// lack something fhir.resources requires, delivered to connect after repair; `..._without_repair`: as
+/// connect's validation alone lets them through (the original client's outcome).
+async fn real_claims() -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for (key, repair) in [
+        ("real_capture_delivered_of_52", "data-absent-reason"),
+        ("real_capture_delivered_unrepaired", "off"),
+    ] {
+        let stack = Stack::start(|_| {}, &[format!("connect_repair={repair}")]).await?;
+        let signed_in = sign_in(&stack.base_url(), "BBUser00001").await?;
+        let session = signed_in["session"].as_str().context("a session")?;
+        let result: Value = Client::new()
+            .get(format!(
+                "{}/bluebutton/fhir/ExplanationOfBenefit?return_cms=false",
+                stack.base_url()
+            ))
+            .bearer_auth(session)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let delivered = result["delivered"].as_u64().unwrap_or(0);
+        figures.push(figure(
+            key,
+            delivered as f64,
+            format!(
+                "EOBs in connect with connect_repair={repair}; {} repaired, {} dead letters",
+                result["repaired"], result["rejected"]
+            ),
+        ));
+    }
+    Ok(figures)
+}
+
+/// `kv_keys_after_10000_abandoned`: the store's keys once 10,000 authorizations nobody finished are past
+/// their TTL and a sync swept them, against `kv_keys_before_abandoned`, the count before them.
+async fn abandoned_authorizations() -> Result<Vec<Figure>> {
+    use futures::StreamExt;
+    let stack = Stack::start(|_| {}, &["state_ttl_secs=2".into()]).await?;
+    let base = stack.base_url();
+    let http = Client::new();
+    let sweep = || async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        http.post(format!("{base}/bluebutton/sync"))
+            .bearer_auth(e2e::ADMIN_KEY)
+            .send()
+            .await?
+            .error_for_status()
+            .map(drop)
+    };
+    let authorize = || async {
+        http.get(format!("{base}/bluebutton/authorize"))
+            .header("Accept", "application/json")
+            .send()
+            .await?
+            .error_for_status()
+            .map(drop)
+    };
+    authorize().await?;
+    sweep().await?;
+    let before = stack.store_dump_sizes().len();
+    let started = Instant::now();
+    let results: Vec<reqwest::Result<()>> = futures::stream::iter(0..10_000)
+        .map(|_| authorize())
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    results.into_iter().collect::<reqwest::Result<Vec<()>>>()?;
+    let flooded = stack.store_dump_sizes().len();
+    sweep().await?;
+    let after = stack.store_dump_sizes().len();
+    Ok(vec![
+        figure(
+            "kv_keys_before_abandoned",
+            before as f64,
+            "keys of the store before the flood",
+        ),
+        figure(
+            "kv_keys_after_10000_abandoned",
+            after as f64,
+            format!(
+                "keys once their TTL passed and a sync swept ({flooded} right after the flood, \
+                 {:.0} authorizations/s)",
+                10_000.0 / secs
+            ),
+        ),
+    ])
+}
+
+/// `token_requests_per_expiry`: 8 concurrent calls of one session right after its access token expired,
+/// counted at CMS's token endpoint (1 is single-flight; the original client made one per call).
+async fn refresh_after_expiry() -> Result<Vec<Figure>> {
+    // Tokens live 62 s and the app refreshes one minute before expiry: at once.
+    let stack = Stack::start(|o| o.token_ttl_secs = 62, &[]).await?;
+    let session = session_of(&stack.base_url()).await?;
+    let token_requests = || async {
+        let counters = stack.cms_counters().await;
+        counters["by_path"]["/v2/o/token/"]
+            .as_object()
+            .map_or(0, |by_status| {
+                by_status.values().filter_map(Value::as_u64).sum::<u64>()
+            })
+    };
+    let before = token_requests().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let http = Client::new();
+    let url = format!("{}/bluebutton/fhir/Patient?{NO_PUSH}", stack.base_url());
+    let calls = (0..8).map(|_| timed_get(&http, &url, &session, 200));
+    futures::future::try_join_all(calls).await?;
+    let refreshes = token_requests().await - before;
+    Ok(vec![figure(
+        "token_requests_per_expiry",
+        refreshes as f64,
+        "token requests for 8 concurrent calls of one session after expiry",
+    )])
 }
 
 /// `overhead_p50_ms`, `overhead_p99_ms`: the app's GET /bluebutton/fhir/Patient against the very request

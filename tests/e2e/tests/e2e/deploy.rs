@@ -319,15 +319,15 @@ fn the_test_host_accepts_sqlite_toml() {
 }
 
 #[test]
-fn the_test_host_refuses_redis_but_it_is_valid_toml() {
+fn the_test_host_accepts_redis_toml_with_its_url() {
     let rel = "runtime-config/redis.toml";
-    assert!(toml_file(rel).contains_key("key_value_store"));
-    let err = RuntimeConfig::load(&root().join(rel)).expect_err("the test host has no Redis");
-    let msg = format!("{err:#}");
-    assert!(
-        msg.contains("redis") && msg.contains("not available in this test host"),
-        "the refusal should say why: {msg}"
-    );
+    let url = toml_file(rel)["key_value_store"]["default"]["url"]
+        .as_str()
+        .expect("a url")
+        .to_string();
+    let rc = RuntimeConfig::load(&root().join(rel)).expect("the test host loads redis.toml");
+    assert!(rc.kv_stores.is_empty(), "no SQLite store beside Redis");
+    assert_eq!(rc.redis_stores, vec![("default".to_string(), url)]);
 }
 
 #[test]

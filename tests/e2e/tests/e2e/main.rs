@@ -14,5 +14,6 @@ mod faults;
 mod fhir;
 mod fuzz;
 mod load;
+mod replicas;
 mod security;
 mod state;
