@@ -278,41 +278,39 @@ pub fn newest_by_patient<P: Backing>(
     limits: &SessionLimits,
 ) -> Result<std::collections::BTreeMap<String, Session>, Error> {
     let log = Log::new(vault, logs::SESSIONS);
-    let span = log.span()?;
+    let mut walk = log.walk()?;
     let mut newest = std::collections::BTreeMap::<String, Session>::new();
-    let mut head = span.start;
-    let mut contiguous = true;
-    for slot in span.clone() {
+    for slot in walk.span.clone() {
         let entry_key = log.key(slot);
-        let live = match vault.get::<SessionEntry>(&entry_key).map_err(unreadable)? {
-            None => None,
-            Some(entry) => match load(vault, &entry.hidden)? {
-                Some(session) if use_or_expire_quietly(vault, limits, &session)? => Some(session),
-                Some(_) => None,
-                // Its record expired: what was left beside it goes too.
-                None => {
-                    vault.delete(&keys::session_seen(&entry.hidden))?;
-                    vault.delete(&entry_key)?;
-                    None
-                }
-            },
+        let Some(entry) = vault.get::<SessionEntry>(&entry_key).map_err(unreadable)? else {
+            walk.hole(slot);
+            continue;
         };
-        match live {
-            Some(session) => {
-                contiguous = false;
-                let patient = session.patient().to_string();
-                let newer = newest
-                    .get(&patient)
-                    .is_none_or(|s| s.record.value.created_at <= session.record.value.created_at);
-                if newer {
-                    newest.insert(patient, session);
-                }
+        let session = match load(vault, &entry.hidden)? {
+            Some(session) if use_or_expire_quietly(vault, limits, &session)? => session,
+            // Ended for being idle: `end` removed its entry.
+            Some(_) => {
+                walk.removed(slot);
+                continue;
             }
-            None if contiguous => head = slot + 1,
-            None => {}
+            // Its record expired: what was left beside it goes too.
+            None => {
+                vault.delete(&keys::session_seen(&entry.hidden))?;
+                vault.delete(&entry_key)?;
+                walk.removed(slot);
+                continue;
+            }
+        };
+        walk.kept(slot);
+        let patient = session.patient().to_string();
+        let newer = newest
+            .get(&patient)
+            .is_none_or(|s| s.record.value.created_at <= session.record.value.created_at);
+        if newer {
+            newest.insert(patient, session);
         }
     }
-    log.advance(head, &span)?;
+    log.finish(walk)?;
     Ok(newest)
 }
 

@@ -102,33 +102,34 @@ pub fn take<P: Backing>(
     Ok(pending)
 }
 
-/// Entries this close to the end of the log may belong to an authorization still being written.
-const IN_FLIGHT: u64 = 16;
-
 /// Removes up to `limit` expired states, oldest first; returns how many.
 pub fn sweep<P: Backing>(vault: &Vault<'_, P>, limit: usize) -> Result<usize, Error> {
     let log = Log::new(vault, logs::STATES);
-    let span = log.span()?;
+    let mut walk = log.walk()?;
     let now = vault.now();
     let mut swept = 0;
-    let mut slot = span.start;
-    while slot < span.end && swept < limit {
+    // Holes (states taken back by their callback) cost a read each: bound the walk, not just the work.
+    for slot in walk.span.clone().take(limit.saturating_mul(16)) {
+        if swept >= limit {
+            break;
+        }
         let entry_key = log.key(slot);
         match vault.get::<StateEntry>(&entry_key)? {
             Some(entry) if entry.expires <= now => {
                 vault.delete(&keys::state(&entry.hidden))?;
                 vault.delete(&entry_key)?;
+                walk.removed(slot);
                 swept += 1;
             }
             // The oldest live authorization: the rest are younger.
-            Some(_) => break,
-            None if slot + IN_FLIGHT >= span.end => break,
-            // Taken back by its callback.
-            None => {}
+            Some(_) => {
+                walk.kept(slot);
+                break;
+            }
+            None => walk.hole(slot),
         }
-        slot += 1;
     }
-    log.advance(slot, &span)?;
+    log.finish(walk)?;
     Ok(swept)
 }
 

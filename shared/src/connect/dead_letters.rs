@@ -67,22 +67,24 @@ pub fn put<P: Backing>(
 /// The dead letters still within their retention, oldest first; expired ones are removed on the way.
 pub fn list<P: Backing>(vault: &Vault<'_, P>) -> Result<Vec<DeadLetter>, Error> {
     let log = Log::new(vault, logs::DEAD_LETTERS);
-    let span = log.span()?;
+    let mut walk = log.walk()?;
     let now = vault.now();
     let mut letters = Vec::new();
-    let mut head = span.start;
-    for slot in span.clone() {
+    for slot in walk.span.clone() {
         let key = log.key(slot);
         match vault.get::<DeadLetter>(&key)? {
-            Some(letter) if letter.expires_at > now => letters.push(letter),
-            Some(letter) => remove_entry(vault, &key, &letter)?,
-            None => {}
-        }
-        if letters.is_empty() {
-            head = slot + 1;
+            Some(letter) if letter.expires_at > now => {
+                walk.kept(slot);
+                letters.push(letter);
+            }
+            Some(letter) => {
+                remove_entry(vault, &key, &letter)?;
+                walk.removed(slot);
+            }
+            None => walk.hole(slot),
         }
     }
-    log.advance(head, &span)?;
+    log.finish(walk)?;
     Ok(letters)
 }
 

@@ -160,23 +160,24 @@ pub fn remove<P: Backing>(vault: &Vault<'_, P>, entry: &OutboxEntry) -> Result<(
 
 /// The slots the outbox may hold, oldest first.
 pub fn span<P: Backing>(vault: &Vault<'_, P>) -> Result<std::ops::Range<u64>, Error> {
-    Log::new(vault, logs::OUTBOX).span()
+    Ok(Log::new(vault, logs::OUTBOX).walk()?.span)
 }
 
 /// The queued batches, oldest first.
 pub fn list<P: Backing>(vault: &Vault<'_, P>) -> Result<Vec<OutboxEntry>, Error> {
     let log = Log::new(vault, logs::OUTBOX);
-    let span = log.span()?;
+    let mut walk = log.walk()?;
     let mut entries = Vec::new();
-    let mut head = span.start;
-    for slot in span.clone() {
+    for slot in walk.span.clone() {
         match vault.get::<OutboxEntry>(&log.key(slot))? {
-            Some(entry) => entries.push(entry),
-            None if entries.is_empty() => head = slot + 1,
-            None => {}
+            Some(entry) => {
+                walk.kept(slot);
+                entries.push(entry);
+            }
+            None => walk.hole(slot),
         }
     }
-    log.advance(head, &span)?;
+    log.finish(walk)?;
     Ok(entries)
 }
 
