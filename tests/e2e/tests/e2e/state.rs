@@ -12,11 +12,11 @@ use serde_json::Value;
 
 /// The keys of the app's store.
 fn keys(stack: &Stack) -> Vec<String> {
+    // Not `store_dump`: a sealed value may hold a newline.
     stack
-        .store_dump()
-        .lines()
-        .filter_map(|line| line.split(" = ").next())
-        .map(str::to_string)
+        .store_dump_sizes()
+        .into_iter()
+        .map(|(key, _)| key)
         .collect()
 }
 
