@@ -139,6 +139,10 @@ pub fn build_bins(packages: &[&str]) {
         args.extend(["-p", package]);
     }
     args.push("--bins");
+    // Into the profile this executable was built with (the bench may run as `--release`).
+    if bin_dir().file_name().is_some_and(|name| name == "release") {
+        args.push("--release");
+    }
     cargo(&args, &key);
     built.push(key);
 }

@@ -254,12 +254,13 @@ async fn sync_1000(rate_limit: u32) -> Result<Sync1000> {
     let types = &report["patients"][0]["types"];
     let delivered: u64 = ["Patient", "Coverage", "ExplanationOfBenefit"]
         .iter()
-        .map(|t| types[t]["delivered"].as_u64().unwrap_or(0))
+        .map(|t| types[t]["delivery"]["delivered"].as_u64().unwrap_or(0))
         .sum();
     ensure!(
-        types["ExplanationOfBenefit"]["delivered"] == 1000,
-        "the sync delivered {} of 1,000 EOBs: {report}",
-        types["ExplanationOfBenefit"]["delivered"]
+        types["ExplanationOfBenefit"]["delivery"]["delivered"] == 1000,
+        "the sync delivered {} of 1,000 EOBs (status {})",
+        types["ExplanationOfBenefit"]["delivery"]["delivered"],
+        types["ExplanationOfBenefit"]["status"]
     );
     let stats = stack.connect.stats();
     Ok(Sync1000 {
