@@ -168,10 +168,22 @@ impl<'a, P: Backing> Vault<'a, P> {
         value: &T,
         lifetime: Lifetime,
     ) -> Result<bool, Error> {
+        Ok(self.swap_sealed(key, previous, value, lifetime)?.is_some())
+    }
+
+    /// [`Vault::swap`], answering the sealed bytes it stored.
+    fn swap_sealed<T: Serialize>(
+        &self,
+        key: &str,
+        previous: &Versioned<impl Serialize>,
+        value: &T,
+        lifetime: Lifetime,
+    ) -> Result<Option<Vec<u8>>, Error> {
         let sealed = self.seal(key, value, lifetime)?;
-        Ok(self
+        let swapped = self
             .platform
-            .compare_and_swap(key, &previous.raw, &sealed)?)
+            .compare_and_swap(key, &previous.raw, &sealed)?;
+        Ok(swapped.then_some(sealed))
     }
 
     /// Claims a record (a lease others respect) only if nobody changed it since `previous` was read.
@@ -185,13 +197,9 @@ impl<'a, P: Backing> Vault<'a, P> {
         value: &T,
         lifetime: Lifetime,
     ) -> Result<bool, Error> {
-        let sealed = self.seal(key, value, lifetime)?;
-        if !self
-            .platform
-            .compare_and_swap(key, &previous.raw, &sealed)?
-        {
+        let Some(sealed) = self.swap_sealed(key, previous, value, lifetime)? else {
             return Ok(false);
-        }
+        };
         self.platform.sleep(CLAIM_SETTLE).await;
         Ok(self.platform.get(key)?.as_deref() == Some(sealed.as_slice()))
     }

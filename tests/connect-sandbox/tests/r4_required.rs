@@ -4,8 +4,12 @@
 
 #[test]
 fn the_apps_repair_table_is_generated_from_the_r4_table() {
-    let table = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/src/connect/repair/r4_required.rs");
+    // The workspace root is two folders up from this crate (tests/connect-sandbox).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the workspace root");
+    let table = root.join("shared/src/connect/repair/r4_required.rs");
     let generated = connect_sandbox::fhir::repair_table_source();
     if std::env::var_os("UPDATE_R4_REQUIRED").is_some() {
         std::fs::write(&table, generated).expect("the repair table written");

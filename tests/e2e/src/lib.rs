@@ -153,6 +153,36 @@ pub fn spin_host_binary() -> PathBuf {
     bin_dir().join("spin-host")
 }
 
+/// Every resource `connect` stored, in arrival order, a Bundle's entries one by one (a resource stored
+/// twice appears twice).
+pub fn resources_in(connect: &connect_sandbox::ConnectSandbox) -> Vec<serde_json::Value> {
+    connect
+        .records()
+        .iter()
+        .flat_map(|r| match r.resource["resourceType"].as_str() {
+            Some("Bundle") => r.resource["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone())
+                .collect(),
+            _ => vec![r.resource.clone()],
+        })
+        .collect()
+}
+
+/// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
+pub async fn cms_counters(cms: &cms_sandbox::CmsSandbox) -> serde_json::Value {
+    http()
+        .get(format!("{}/_emulator/counters", cms.base_url()))
+        .send()
+        .await
+        .expect("the CMS emulator answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 /// A fresh random `token_key` (base64 of 32 bytes).
 pub fn token_key() -> String {
     use base64::Engine;
@@ -316,14 +346,7 @@ impl Stack {
 
     /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
     pub async fn cms_counters(&self) -> serde_json::Value {
-        http()
-            .get(format!("{}/_emulator/counters", self.cms.base_url()))
-            .send()
-            .await
-            .expect("the CMS emulator answers")
-            .json()
-            .await
-            .expect("JSON")
+        crate::cms_counters(&self.cms).await
     }
 
     /// The app's `default` store at rest: Spin's SQLite file in the state directory, opened from this

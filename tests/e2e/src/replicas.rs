@@ -63,14 +63,7 @@ impl Replicas {
 
     /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
     pub async fn cms_counters(&self) -> serde_json::Value {
-        http()
-            .get(format!("{}/_emulator/counters", self.cms.base_url()))
-            .send()
-            .await
-            .expect("the CMS emulator answers")
-            .json()
-            .await
-            .expect("JSON")
+        crate::cms_counters(&self.cms).await
     }
 
     /// Requests to CMS's token endpoint so far, by status (`{"200": n, ...}`).

@@ -22,19 +22,8 @@ async fn sync(stack: &Stack) -> (u16, Value) {
 
 /// Every resource connect stored, `Type/id` in arrival order (a repeated one appears twice).
 fn in_connect(stack: &Stack) -> Vec<String> {
-    stack
-        .connect
-        .records()
-        .iter()
-        .flat_map(|r| match r.resource["resourceType"].as_str() {
-            Some("Bundle") => r.resource["entry"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["resource"].clone())
-                .collect(),
-            _ => vec![r.resource.clone()],
-        })
+    e2e::resources_in(&stack.connect)
+        .into_iter()
         .map(|r| {
             format!(
                 "{}/{}",

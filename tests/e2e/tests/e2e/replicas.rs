@@ -187,19 +187,8 @@ async fn outage() -> Replicas {
 
 /// Every EOB id connect stored, once per time it was stored.
 fn eobs_in_connect(replicas: &Replicas) -> Vec<String> {
-    replicas
-        .connect
-        .records()
-        .iter()
-        .flat_map(|r| match r.resource["resourceType"].as_str() {
-            Some("Bundle") => r.resource["entry"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["resource"].clone())
-                .collect(),
-            _ => vec![r.resource.clone()],
-        })
+    e2e::resources_in(&replicas.connect)
+        .into_iter()
         .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect()
