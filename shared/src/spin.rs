@@ -87,8 +87,9 @@ use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi_store};
 /// through `wasi:keyvalue`, which Spin serves from the same store.
 #[derive(Default)]
 pub struct SpinPlatform {
-    store: std::cell::OnceCell<Result<spin_sdk::key_value::Store, StoreError>>,
-    bucket: std::cell::OnceCell<Result<wasi_store::Bucket, StoreError>>,
+    // Only an opened store is kept: opening can fail for a moment (a busy SQLite), and is tried again.
+    store: std::cell::OnceCell<spin_sdk::key_value::Store>,
+    bucket: std::cell::OnceCell<wasi_store::Bucket>,
 }
 
 impl SpinPlatform {
@@ -97,17 +98,19 @@ impl SpinPlatform {
     }
 
     fn store(&self) -> Result<&spin_sdk::key_value::Store, StoreError> {
-        self.store
-            .get_or_init(|| spin_sdk::key_value::Store::open_default().map_err(store_error))
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = spin_sdk::key_value::Store::open_default().map_err(store_error)?;
+        Ok(self.store.get_or_init(|| store))
     }
 
     fn bucket(&self) -> Result<&wasi_store::Bucket, StoreError> {
-        self.bucket
-            .get_or_init(|| wasi_store::open("default").map_err(wasi_error))
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(bucket) = self.bucket.get() {
+            return Ok(bucket);
+        }
+        let bucket = wasi_store::open("default").map_err(wasi_error)?;
+        Ok(self.bucket.get_or_init(|| bucket))
     }
 }
 
@@ -164,21 +167,24 @@ impl KeyValue for SpinPlatform {
 }
 
 /// How long a store call waits out a busy SQLite before it fails.
-const BUSY_PATIENCE: Duration = Duration::from_secs(3);
+const BUSY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs a store call, trying again while Spin's SQLite store reports `database is locked`: it gives
 /// up at once when another request of the same app holds the write lock, which concurrent requests
-/// do all the time (measured on Spin 3.6.3: 32 concurrent authorizations failed within seconds).
+/// do all the time (measured on Spin 3.6.3: 32 concurrent authorizations failed within seconds). The
+/// pauses are random, so that waiting requests do not all try again at the same moment.
 fn retry_busy<T>(mut call: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let mut pause = Duration::from_millis(1);
+    let mut cap_ms = 2u64;
     let mut waited = Duration::ZERO;
     loop {
         match call() {
             Err(StoreError::Backend(why)) if is_busy(&why) && waited < BUSY_PATIENCE => {
+                let pause =
+                    Duration::from_millis(1 + wasi::random::random::get_random_u64() % cap_ms);
                 // Blocks this instance on a host timer; the host serves other requests meanwhile.
                 wasi::clocks::monotonic_clock::subscribe_duration(pause.as_nanos() as u64).block();
                 waited += pause;
-                pause = (pause * 2).min(Duration::from_millis(50));
+                cap_ms = (cap_ms * 2).min(50);
             }
             other => return other,
         }

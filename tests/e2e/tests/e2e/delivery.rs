@@ -175,10 +175,13 @@ async fn a_wrong_connect_url_queues_everything_and_the_right_one_drains_it_in_or
         .map(|i| i["resources"].as_u64().unwrap())
         .sum();
     assert_eq!(queued, 120);
-    assert!(outbox["items"][0]["last_error"]
-        .as_str()
-        .unwrap()
-        .contains("404"));
+    // The wrong server answers 404 without reading the body, so a large batch may instead see the
+    // connection closed mid-request (hyper's behaviour, and many servers'): either is recorded.
+    let why = outbox["items"][0]["last_error"].as_str().unwrap();
+    assert!(
+        why.contains("connect answered 404") || why.contains("connect could not be reached"),
+        "the first batch waits because: {why}"
+    );
     assert_eq!(
         stack.admin_get("/bluebutton/connect/dead-letters").await["count"],
         0
