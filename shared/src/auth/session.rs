@@ -301,7 +301,7 @@ pub fn newest_by_patient<P: Backing>(
                 continue;
             }
         };
-        walk.kept(slot);
+        walk.kept();
         let patient = session.patient().to_string();
         let newer = newest
             .get(&patient)

@@ -123,7 +123,7 @@ pub fn sweep<P: Backing>(vault: &Vault<'_, P>, limit: usize) -> Result<usize, Er
             }
             // The oldest live authorization: the rest are younger.
             Some(_) => {
-                walk.kept(slot);
+                walk.kept();
                 break;
             }
             None => walk.hole(slot),

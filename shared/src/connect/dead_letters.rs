@@ -74,7 +74,7 @@ pub fn list<P: Backing>(vault: &Vault<'_, P>) -> Result<Vec<DeadLetter>, Error> 
         let key = log.key(slot);
         match vault.get::<DeadLetter>(&key)? {
             Some(letter) if letter.expires_at > now => {
-                walk.kept(slot);
+                walk.kept();
                 letters.push(letter);
             }
             Some(letter) => {

@@ -171,7 +171,7 @@ pub fn list<P: Backing>(vault: &Vault<'_, P>) -> Result<Vec<OutboxEntry>, Error>
     for slot in walk.span.clone() {
         match vault.get::<OutboxEntry>(&log.key(slot))? {
             Some(entry) => {
-                walk.kept(slot);
+                walk.kept();
                 entries.push(entry);
             }
             None => walk.hole(slot),

@@ -134,8 +134,8 @@ pub struct Walk {
 }
 
 impl Walk {
-    /// The walk keeps the entry in `slot`.
-    pub fn kept(&mut self, _slot: u64) {
+    /// The walk keeps the entry in the slot it is at: the head stops there.
+    pub fn kept(&mut self) {
         self.blocked = true;
     }
 
@@ -190,7 +190,7 @@ mod tests {
                     p.delete(&log.key(slot)).unwrap();
                     walk.removed(slot);
                 } else {
-                    walk.kept(slot);
+                    walk.kept();
                 }
             }
             log.finish(walk).unwrap();

@@ -334,6 +334,11 @@ fn req_u64(v: &Value, key: &str) -> Result<u64, Response> {
         .ok_or_else(|| bad(format!("`{key}` (a non-negative integer) is required")))
 }
 
+/// The `count` of a JSON body such as `{"count": 100}`.
+fn count_in(body: &Bytes) -> Result<usize, Response> {
+    Ok(req_u64(&body_json(body)?, "count")? as usize)
+}
+
 fn req_status(v: &Value) -> Result<u16, Response> {
     let s = req_u64(v, "status")?;
     match u16::try_from(s).ok().filter(|s| (400..=599).contains(s)) {
@@ -384,12 +389,8 @@ async fn add_eobs(
     Path(patient): Path<String>,
     body: Bytes,
 ) -> Response {
-    let v = match body_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let n = match req_u64(&v, "count") {
-        Ok(n) => n as usize,
+    let n = match count_in(&body) {
+        Ok(n) => n,
         Err(r) => return r,
     };
     let mut store = st.write_store();
@@ -411,12 +412,8 @@ async fn set_eob_count(
     Path(patient): Path<String>,
     body: Bytes,
 ) -> Response {
-    let v = match body_json(&body) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let n = match req_u64(&v, "count") {
-        Ok(n) => n as usize,
+    let n = match count_in(&body) {
+        Ok(n) => n,
         Err(r) => return r,
     };
     let mut store = st.write_store();

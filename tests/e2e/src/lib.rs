@@ -183,6 +183,28 @@ pub async fn cms_counters(cms: &cms_sandbox::CmsSandbox) -> serde_json::Value {
         .expect("JSON")
 }
 
+/// The resources an outbox listing (`GET /bluebutton/connect/outbox`) holds, over all its batches.
+pub fn queued_resources(listing: &serde_json::Value) -> u64 {
+    listing["items"]
+        .as_array()
+        .expect("an outbox listing")
+        .iter()
+        .map(|i| i["resources"].as_u64().expect("a resource count"))
+        .sum()
+}
+
+/// Requests to CMS's token endpoint, of any status, in the CMS emulator's counters.
+pub fn token_requests(counters: &serde_json::Value) -> u64 {
+    counters["by_path"]["/v2/o/token/"]
+        .as_object()
+        .map_or(0, |by_status| {
+            by_status
+                .values()
+                .filter_map(serde_json::Value::as_u64)
+                .sum()
+        })
+}
+
 /// A fresh random `token_key` (base64 of 32 bytes).
 pub fn token_key() -> String {
     use base64::Engine;

@@ -406,14 +406,7 @@ async fn refresh_after_expiry() -> Result<Vec<Figure>> {
     // Tokens live 62 s and the app refreshes one minute before expiry: at once.
     let stack = Stack::start(|o| o.token_ttl_secs = 62, &[]).await?;
     let session = session_of(&stack.base_url()).await?;
-    let token_requests = || async {
-        let counters = stack.cms_counters().await;
-        counters["by_path"]["/v2/o/token/"]
-            .as_object()
-            .map_or(0, |by_status| {
-                by_status.values().filter_map(Value::as_u64).sum::<u64>()
-            })
-    };
+    let token_requests = || async { e2e::token_requests(&stack.cms_counters().await) };
     let before = token_requests().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let http = Client::new();

@@ -186,13 +186,7 @@ async fn an_outage_queues_batches_and_replay_delivers_exactly_the_missing_ones()
     let listing: Value = stack.admin_get("/bluebutton/connect/outbox").await;
     assert_eq!(listing["count"], queued.len());
     let items = listing["items"].as_array().unwrap();
-    assert_eq!(
-        items
-            .iter()
-            .map(|i| i["resources"].as_u64().unwrap())
-            .sum::<u64>(),
-        200
-    );
+    assert_eq!(e2e::queued_resources(&listing), 200);
     for item in items {
         assert!(item.get("payload").is_none(), "listings carry no payloads");
         assert!(

@@ -168,12 +168,7 @@ async fn a_wrong_connect_url_queues_everything_and_the_right_one_drains_it_in_or
     let result: Value = resp.json().await.unwrap();
     assert_eq!(result["rejected"], 0, "a 404 is never the resources' fault");
     let outbox = stack.admin_get("/bluebutton/connect/outbox").await;
-    let queued: u64 = outbox["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["resources"].as_u64().unwrap())
-        .sum();
+    let queued = e2e::queued_resources(&outbox);
     assert_eq!(queued, 120);
     // The wrong server answers 404 without reading the body, so a large batch may instead see the
     // connection closed mid-request (hyper's behaviour, and many servers'): either is recorded.

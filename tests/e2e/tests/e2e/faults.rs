@@ -87,12 +87,7 @@ async fn a_connect_outage_leaves_the_outbox_holding_exactly_the_failed_batches()
     let result: Value = resp.json().await.unwrap();
     let outbox: Value = stack.admin_get("/bluebutton/connect/outbox").await;
     assert_eq!(outbox["count"], result["queued"].as_array().unwrap().len());
-    let queued: u64 = outbox["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["resources"].as_u64().unwrap())
-        .sum();
+    let queued = e2e::queued_resources(&outbox);
     assert_eq!(queued + result["delivered"].as_u64().unwrap(), 300);
 }
 
@@ -127,12 +122,7 @@ async fn tokens_expiring_mid_fetch_are_renewed_and_the_fetch_completes() {
         unauthorized > 0,
         "the expiry did not hit the fetch: {counters}"
     );
-    let token_calls: u64 = counters["by_path"]["/v2/o/token/"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|n| n.as_u64().unwrap())
-        .sum();
+    let token_calls = e2e::token_requests(&counters);
     assert!(token_calls >= 2, "no refresh after the expiry");
 }
 

@@ -158,12 +158,7 @@ async fn queued_during_an_outage(replicas: &Replicas, eobs: u64) -> (String, Vec
     for app in replicas.apps() {
         let listing = replicas.admin_get(app, "/bluebutton/connect/outbox").await;
         assert_eq!(listing["count"], queued.len(), "{}", app.base_url());
-        let resources: u64 = listing["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["resources"].as_u64().unwrap())
-            .sum();
+        let resources = e2e::queued_resources(&listing);
         assert_eq!(resources, eobs);
     }
     assert!(replicas.connect.records().is_empty());

@@ -121,13 +121,7 @@ async fn eight_concurrent_calls_after_expiry_make_one_token_request() {
     // Tokens live 62 s: one minute before they expire the app refreshes, so that is at once.
     let stack = Stack::start(|o| o.token_ttl_secs = 62, &[]).await.unwrap();
     let session = stack.session("BBUser29999").await;
-    let token_requests = || async {
-        let counters = stack.cms_counters().await;
-        counters["by_path"]["/v2/o/token/"]
-            .as_object()
-            .map(|by_status| by_status.values().map(|n| n.as_u64().unwrap()).sum::<u64>())
-            .unwrap_or(0)
-    };
+    let token_requests = || async { e2e::token_requests(&stack.cms_counters().await) };
     let before = token_requests().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let calls = (0..8).map(|_| {
@@ -220,12 +214,7 @@ async fn after_an_outage_nothing_at_rest_is_readable_or_over_the_limits() {
         .unwrap();
     assert_eq!(resp.status(), 202, "all queued");
     let outbox = stack.admin_get("/bluebutton/connect/outbox").await;
-    let queued: u64 = outbox["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["resources"].as_u64().unwrap())
-        .sum();
+    let queued = e2e::queued_resources(&outbox);
     assert_eq!(queued, 1000);
     let file = std::fs::read(stack.app.store_file()).unwrap();
     let text = String::from_utf8_lossy(&file);
