@@ -2,8 +2,8 @@
 //!
 //! Connect validates each POST with `fhir.resources` 6.x (pydantic 1.x, `extra = forbid`) and answers
 //! 500 with pydantic's error text. The element table `r4_schema.txt` was generated from those models
-//! (`r4_schema_gen.py`) for every type reachable from Bundle, Patient, Coverage and ExplanationOfBenefit,
-//! so for those the checks and the messages follow pydantic's:
+//! (`r4_schema_gen.py`) for every type reachable from Bundle, Patient, Coverage, ExplanationOfBenefit and
+//! AuditEvent, so for those the checks and the messages follow pydantic's:
 //! - a model first checks `resourceType`, then its pre-root validators (required primitives, which an
 //!   `_x` extension may stand in for; then choice groups `x[x]`), and stops at the first of those that
 //!   fails; then every field in pydantic's order; then unknown keys, sorted;
