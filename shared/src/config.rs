@@ -122,7 +122,41 @@ pub const RETENTION_DAYS: NumberSetting = NumberSetting {
     max: 3650,
 };
 
+pub const AUDIT_RETENTION_DAYS: NumberSetting = NumberSetting {
+    name: "audit_retention_days",
+    // Six years: HIPAA's retention period for an accounting of disclosures' documentation.
+    default: 2190,
+    min: 1,
+    max: 36_500,
+};
+
 const DAY: u64 = 86_400;
+
+/// How the accounting of disclosures is kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuditSettings {
+    pub retention_days: u64,
+    /// Also deliver each AuditEvent to connect (through the outbox).
+    pub to_connect: bool,
+}
+
+impl AuditSettings {
+    pub fn load(vars: &impl Variables) -> Result<AuditSettings, Error> {
+        let to_connect = match optional(vars, "audit_to_connect")?.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`audit_to_connect` must be `true` or `false`, not `{other}`"
+                )))
+            }
+        };
+        Ok(AuditSettings {
+            retention_days: AUDIT_RETENTION_DAYS.load(vars)?,
+            to_connect,
+        })
+    }
+}
 
 /// When sessions end: unused for `idle_secs` (by their holder or the sync), or `max_secs` after they
 /// began — and never after CMS's grant.

@@ -12,7 +12,14 @@ pub mod logs {
     pub const OUTBOX: &str = "outbox";
     /// Resources connect refused.
     pub const DEAD_LETTERS: &str = "deadletters";
+    /// The accounting of disclosures: every AuditEvent, oldest first.
+    pub const AUDIT: &str = "audit";
+    /// A family of logs, one per patient (`audit-of:{patient hidden}`), pointing into [`AUDIT`].
+    pub const AUDIT_OF_PATIENT: &str = "audit-of";
 }
+
+/// How many audit records could not be written (a counter, shown by `/bluebutton/healthz`).
+pub const AUDIT_FAILURES: &str = "audit-failures";
 
 /// A pending authorization, by the keyed hash of its `state`.
 pub fn state(hidden: &str) -> String {

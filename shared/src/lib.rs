@@ -5,12 +5,14 @@
 //! The layers, each importing only those before it:
 //! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`], [`crypto`]: the ground;
 //! - [`store`]: sealed records with lifetimes, chunked blobs and ordered logs in the key-value store;
+//! - [`audit`]: the accounting of disclosures, every event a FHIR AuditEvent;
 //! - [`auth`]: the beneficiary's authorization, sessions and their tokens, and the admin key;
 //! - [`connect`]: delivery to LinuxForHealth connect, its outbox and dead letters;
 //! - [`cms`]: reading from CMS, every page, and the admin sync that hands it to connect;
 //! - [`http`]: requests, responses, problem documents, health and one handler per route;
 //! - [`openapi`]: the OpenAPI document, for the `docs` component only (feature `openapi`).
 
+pub mod audit;
 pub mod auth;
 pub mod cms;
 pub mod config;

@@ -349,6 +349,28 @@ fn replay_dead_letter() {}
     ))]
 fn delete_dead_letter() {}
 
+/// The accounting of disclosures: every authorization, read from CMS and delivery to connect that
+/// touched a beneficiary's data, as FHIR R4 AuditEvents in a `searchset` Bundle, newest first. With a
+/// session: that beneficiary's own (`patient`, if given, must be theirs). With the admin key: one
+/// beneficiary's (`patient`), or every event. Events name the data by type and a hash of its ids, never
+/// its content, and the session by a keyed hash. Kept `audit_retention_days` (six years by default).
+#[utoipa::path(get, path = "/bluebutton/audit", tag = "audit",
+    security(("session" = []), ("admin_key" = [])),
+    params(
+        ("_count" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Events per page (50 unless given); the `next` link gives the following page"),
+        ("_since" = Option<String>, Query, pattern = "^([0-9]{4}(-(0[1-9]|1[0-2]))?|([0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])|([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29)(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,9})?)?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?)?)$(?!\\n)",
+            description = "Only events recorded from the start of this FHIR date or dateTime on (`2026-12-01`, `2026-12-01T10:00:00Z`; UTC when no zone is given)"),
+        ("_before" = Option<u64>, Query, minimum = 0, maximum = 9007199254740991.0, description = "Where a page starts: taken from a `next` link"),
+        ("patient" = Option<String>, Query, description = "The beneficiary (`-20140000008325` or `Patient/-20140000008325`); with a session, only its own"),
+    ),
+    responses(
+        (status = 200, description = "A FHIR `searchset` Bundle of AuditEvents", content_type = "application/fhir+json", body = Object),
+        (status = 400, response = Problem),
+        (status = 401, response = Problem),
+        (status = 403, response = Problem),
+    ))]
+fn audit() {}
+
 /// Whether the deployment's settings are usable, and whether CMS and connect can be reached. Values are
 /// never shown.
 #[utoipa::path(get, path = "/bluebutton/healthz", tag = "operations",
@@ -413,6 +435,7 @@ impl Modify for Security {
         replay_dead_letters,
         replay_dead_letter,
         delete_dead_letter,
+        audit,
         health,
         openapi,
     ),
@@ -422,6 +445,7 @@ impl Modify for Security {
         (name = "authorization", description = "The beneficiary's consent at CMS, and sessions"),
         (name = "fhir", description = "Claims data from CMS"),
         (name = "connect", description = "Delivery to LinuxForHealth connect (admin)"),
+        (name = "audit", description = "The accounting of disclosures (FHIR AuditEvents)"),
         (name = "operations", description = "Health and this document"),
     )
 )]
@@ -481,6 +505,17 @@ mod tests {
         }
         let schema = &parameter(&doc, claims, "type")["schema"];
         assert_eq!(schema["pattern"], CLAIM_TYPES_PATTERN, "{schema}");
+    }
+
+    #[test]
+    fn the_documented_since_pattern_is_the_one_enforced() {
+        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let schema = &parameter(&doc, "/bluebutton/audit", "_since")["schema"];
+        assert_eq!(
+            schema["pattern"],
+            crate::cms::search::FHIR_DATE_PATTERN,
+            "{schema}"
+        );
     }
 
     #[test]

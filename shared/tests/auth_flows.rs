@@ -256,10 +256,24 @@ fn denied_consent_is_403_and_consumes_the_state() {
         .contains("declined"));
     let left = p.stored_keys();
     assert!(
-        left.iter()
-            .all(|k| k.starts_with("states:n") || k.starts_with("states:head")),
+        left.iter().all(|k| k.starts_with("states:n")
+            || k.starts_with("states:head")
+            || k.starts_with("audit:")),
         "state consumed: {left:?}"
     );
+    // The refusal is in the operator's view of the trail (no patient was named).
+    let ctx = shared::auth::tokens::TokenContext::load(&p).unwrap();
+    let vault = shared::store::Vault::new(&p, &ctx.key);
+    let query = shared::audit::Query {
+        count: 10,
+        ..Default::default()
+    };
+    let trail = shared::audit::list(&vault, &query).unwrap();
+    assert_eq!(trail.events.len(), 1);
+    let event: serde_json::Value = serde_json::from_str(&trail.events[0]).unwrap();
+    assert_eq!(event["outcome"], "4");
+    assert!(event["outcomeDesc"].as_str().unwrap().contains("declined"));
+    assert!(event.get("entity").is_none(), "no patient named");
     assert!(p.sent.borrow().is_empty());
 }
 
@@ -363,11 +377,18 @@ fn a_request_that_read_the_session_before_a_refresh_uses_the_new_tokens() {
 
     let ctx = shared::auth::tokens::TokenContext::load(&p).unwrap();
     let vault = shared::store::Vault::new(&p, &ctx.key);
+    let audit = shared::audit::Audit::new(&vault, ctx.audit, shared::audit::Agent::App);
     // Two requests read the same session before either refreshes.
-    let authenticate =
-        || shared::auth::session::authenticate(&vault, &ctx.limits, Some(&session)).unwrap();
+    let authenticate = || {
+        shared::auth::session::authenticate(&vault, &ctx.limits, Some(&session), &audit).unwrap()
+    };
     let (mut first, mut second) = (authenticate(), authenticate());
-    let access = |s| block_on(shared::auth::tokens::access_token(&vault, &ctx, s, None)).unwrap();
+    let access = |s| {
+        block_on(shared::auth::tokens::access_token(
+            &vault, &ctx, s, None, &audit,
+        ))
+        .unwrap()
+    };
     assert_eq!(access(&mut first), "access-2");
     assert_eq!(
         access(&mut second),

@@ -38,8 +38,9 @@ pub fn admin_key(vars: &impl Variables) -> Result<Result<String, &'static str>, 
     Ok(Ok(key))
 }
 
-/// Checks the bearer value a request carried against the `admin_api_key` variable.
-pub fn require_admin(vars: &impl Variables, bearer: Option<&str>) -> Result<(), Error> {
+/// Checks the bearer value a request carried against the `admin_api_key` variable; answers the key's id
+/// (what the audit trail names the operator by).
+pub fn require_admin(vars: &impl Variables, bearer: Option<&str>) -> Result<String, Error> {
     let expected = admin_key(vars)?.map_err(|why| {
         Error::NotFound(format!(
             "admin routes are disabled: `admin_api_key` is {why}"
@@ -49,10 +50,24 @@ pub fn require_admin(vars: &impl Variables, bearer: Option<&str>) -> Result<(), 
         Error::Unauthorized("send the admin key as `Authorization: Bearer <admin_api_key>`".into())
     })?;
     if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        Ok(())
+        Ok(key_id(&expected))
     } else {
         Err(Error::Unauthorized("wrong admin key".into()))
     }
+}
+
+/// The admin key's id when `bearer` is the admin key; `None` when it is not (or admin routes are off).
+pub fn admin_bearer(vars: &impl Variables, bearer: Option<&str>) -> Result<Option<String>, Error> {
+    let (Ok(expected), Some(given)) = (admin_key(vars)?, bearer) else {
+        return Ok(None);
+    };
+    Ok(constant_time_eq(given.as_bytes(), expected.as_bytes()).then(|| key_id(&expected)))
+}
+
+/// The first 8 bytes of the key's SHA-256, in hex: tells keys apart after a rotation, reveals nothing of
+/// a key with 192 bits or more.
+pub fn key_id(key: &str) -> String {
+    crate::crypto::hex(&Sha256::digest(key.as_bytes())[..8])
 }
 
 /// Hashing first makes the comparison independent of where the inputs differ, and of their lengths.
@@ -71,7 +86,7 @@ mod tests {
 
     #[test]
     fn disabled_without_a_real_key_then_checked() {
-        let status = |r: Result<(), Error>| r.unwrap_err();
+        let status = |r: Result<String, Error>| r.unwrap_err();
         for weak in [
             "",
             "s3cret-admin",
@@ -99,6 +114,10 @@ mod tests {
             )),
             Error::Unauthorized(_)
         ));
-        assert!(require_admin(&p, Some(key)).is_ok());
+        assert_eq!(require_admin(&p, Some(key)).unwrap(), key_id(key));
+        assert_eq!(key_id(key).len(), 16);
+        assert_eq!(admin_bearer(&p, Some(key)).unwrap(), Some(key_id(key)));
+        assert_eq!(admin_bearer(&p, Some("nope")).unwrap(), None);
+        assert_eq!(admin_bearer(&p, None).unwrap(), None);
     }
 }

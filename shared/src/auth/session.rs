@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Action, Audit, Event, Outcome};
 use crate::config::SessionLimits;
 use crate::error::Error;
 use crate::keys::{self, logs};
@@ -136,7 +137,7 @@ pub fn create<P: Backing>(
     let mut raw = [0u8; 32];
     vault.platform.fill(&mut raw);
     let bearer = URL_SAFE_NO_PAD.encode(raw);
-    let hidden = vault.hide("session", &bearer);
+    let hidden = hide_bearer(vault, &bearer);
     let now = vault.now();
     let log = Log::new(vault, logs::SESSIONS);
     let slot = log.append()?;
@@ -158,6 +159,11 @@ pub fn create<P: Backing>(
     )?;
     touch(vault, &hidden)?;
     Ok(bearer)
+}
+
+/// What the store (and the audit trail) knows a session by: a keyed hash of its bearer value.
+pub fn hide_bearer<P: Backing>(vault: &Vault<'_, P>, bearer: &str) -> String {
+    vault.hide("session", bearer)
 }
 
 /// The session stored under `hidden`, if it is still live.
@@ -197,11 +203,12 @@ fn use_or_expire<P: Backing>(
     vault: &Vault<'_, P>,
     limits: &SessionLimits,
     session: &Session,
+    audit: &Audit<'_, P>,
 ) -> Result<bool, Error> {
     let now = vault.now();
     let seen = last_seen(vault, &session.hidden)?.unwrap_or(session.record.value.created_at);
     if now - seen > limits.idle_secs {
-        end(vault, session)?;
+        end(vault, session, audit, &idle_ending(limits))?;
         return Ok(false);
     }
     if now - seen >= 60 {
@@ -215,6 +222,7 @@ pub fn authenticate<P: Backing>(
     vault: &Vault<'_, P>,
     limits: &SessionLimits,
     bearer: Option<&str>,
+    audit: &Audit<'_, P>,
 ) -> Result<Session, Error> {
     let bearer = bearer.ok_or_else(|| {
         Error::Unauthorized(
@@ -222,8 +230,8 @@ pub fn authenticate<P: Backing>(
                 .into(),
         )
     })?;
-    let session = load(vault, &vault.hide("session", bearer))?.ok_or_else(unknown)?;
-    if !use_or_expire(vault, limits, &session)? {
+    let session = load(vault, &hide_bearer(vault, bearer))?.ok_or_else(unknown)?;
+    if !use_or_expire(vault, limits, &session, audit)? {
         return Err(Error::Unauthorized(format!(
             "this session was unused for more than {} seconds and has ended: authorize again",
             limits.idle_secs
@@ -237,12 +245,29 @@ pub fn note_use<P: Backing>(vault: &Vault<'_, P>, session: &Session) -> Result<(
     touch(vault, &session.hidden)
 }
 
-/// Ends a session: its record, its idle clock and its log entry.
-pub fn end<P: Backing>(vault: &Vault<'_, P>, session: &Session) -> Result<(), Error> {
+/// Ends a session: its record, its idle clock and its log entry; the audit trail says `why`.
+pub fn end<P: Backing>(
+    vault: &Vault<'_, P>,
+    session: &Session,
+    audit: &Audit<'_, P>,
+    why: &str,
+) -> Result<(), Error> {
     vault.delete(&session.key())?;
     vault.delete(&keys::session_seen(&session.hidden))?;
     vault.delete(&Log::new(vault, logs::SESSIONS).key(session.record.value.slot))?;
+    audit.record(
+        Event::new(
+            Action::SessionEnded,
+            Outcome::Success,
+            format!("session {} ended: {why}", session.hidden),
+        )
+        .patient(session.patient()),
+    );
     Ok(())
+}
+
+fn idle_ending(limits: &SessionLimits) -> String {
+    format!("unused for more than {} seconds", limits.idle_secs)
 }
 
 /// Stores the record as it now is (after a refresh, say), keeping its lifetime.
@@ -276,6 +301,7 @@ pub async fn claim<P: Backing>(
 pub fn newest_by_patient<P: Backing>(
     vault: &Vault<'_, P>,
     limits: &SessionLimits,
+    audit: &Audit<'_, P>,
 ) -> Result<std::collections::BTreeMap<String, Session>, Error> {
     let log = Log::new(vault, logs::SESSIONS);
     let mut walk = log.walk()?;
@@ -287,7 +313,7 @@ pub fn newest_by_patient<P: Backing>(
             continue;
         };
         let session = match load(vault, &entry.hidden)? {
-            Some(session) if use_or_expire_quietly(vault, limits, &session)? => session,
+            Some(session) if use_or_expire_quietly(vault, limits, &session, audit)? => session,
             // Ended for being idle: `end` removed its entry.
             Some(_) => {
                 walk.removed(slot);
@@ -319,10 +345,11 @@ fn use_or_expire_quietly<P: Backing>(
     vault: &Vault<'_, P>,
     limits: &SessionLimits,
     session: &Session,
+    audit: &Audit<'_, P>,
 ) -> Result<bool, Error> {
     let seen = last_seen(vault, &session.hidden)?.unwrap_or(session.record.value.created_at);
     if vault.now() - seen > limits.idle_secs {
-        end(vault, session)?;
+        end(vault, session, audit, &idle_ending(limits))?;
         return Ok(false);
     }
     Ok(true)
@@ -350,6 +377,14 @@ pub(crate) mod tests {
         TokenKey::parse(&"42".repeat(32)).unwrap()
     }
 
+    pub(crate) fn audit<'a>(vault: &'a Vault<'a, FakePlatform>) -> Audit<'a, FakePlatform> {
+        let settings = crate::config::AuditSettings {
+            retention_days: 1,
+            to_connect: false,
+        };
+        Audit::new(vault, settings, crate::audit::Agent::App)
+    }
+
     pub(crate) const LIMITS: SessionLimits = SessionLimits {
         idle_secs: 3600,
         max_secs: 86_400,
@@ -371,7 +406,7 @@ pub(crate) mod tests {
         ] {
             assert!(!dump.contains(secret), "{secret} at rest");
         }
-        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
+        let s = authenticate(&vault, &LIMITS, Some(&bearer), &audit(&vault)).unwrap();
         assert_eq!(s.tokens(), &tokens("-20140000010000"));
         assert!(!format!("{s:?}").contains("PLAINTEXT"));
     }
@@ -383,39 +418,41 @@ pub(crate) mod tests {
         let vault = Vault::new(&p, &k);
         let err = |r: Result<Session, Error>| r.unwrap_err();
         assert!(matches!(
-            err(authenticate(&vault, &LIMITS, None)),
+            err(authenticate(&vault, &LIMITS, None, &audit(&vault))),
             Error::Unauthorized(_)
         ));
         assert!(matches!(
-            err(authenticate(&vault, &LIMITS, Some("nope"))),
+            err(authenticate(&vault, &LIMITS, Some("nope"), &audit(&vault))),
             Error::Unauthorized(_)
         ));
         let ended = create(&vault, &LIMITS, &tokens("-1")).unwrap();
-        end(
-            &vault,
-            &authenticate(&vault, &LIMITS, Some(&ended)).unwrap(),
-        )
-        .unwrap();
-        assert!(authenticate(&vault, &LIMITS, Some(&ended)).is_err());
+        let session = authenticate(&vault, &LIMITS, Some(&ended), &audit(&vault)).unwrap();
+        end(&vault, &session, &audit(&vault), "revoked").unwrap();
+        assert!(authenticate(&vault, &LIMITS, Some(&ended), &audit(&vault)).is_err());
 
         let idle = create(&vault, &LIMITS, &tokens("-1")).unwrap();
         p.advance(Duration::from_secs(3601));
-        let why = err(authenticate(&vault, &LIMITS, Some(&idle)));
+        let why = err(authenticate(&vault, &LIMITS, Some(&idle), &audit(&vault)));
         assert!(why.to_string().contains("unused"), "{why}");
-        assert!(authenticate(&vault, &LIMITS, Some(&idle)).is_err());
+        assert!(authenticate(&vault, &LIMITS, Some(&idle), &audit(&vault)).is_err());
 
         let old = create(&vault, &LIMITS, &tokens("-1")).unwrap();
         for _ in 0..24 {
             p.advance(Duration::from_secs(3500));
-            authenticate(&vault, &LIMITS, Some(&old)).unwrap();
+            authenticate(&vault, &LIMITS, Some(&old), &audit(&vault)).unwrap();
         }
         p.advance(Duration::from_secs(3500));
         assert!(
-            authenticate(&vault, &LIMITS, Some(&old)).is_err(),
+            authenticate(&vault, &LIMITS, Some(&old), &audit(&vault)).is_err(),
             "past its maximum age"
         );
-        newest_by_patient(&vault, &LIMITS).unwrap();
-        assert_eq!(p.stored_keys(), ["sessions:head", "sessions:n"]);
+        newest_by_patient(&vault, &LIMITS, &audit(&vault)).unwrap();
+        let left: Vec<String> = p
+            .stored_keys()
+            .into_iter()
+            .filter(|k| !k.starts_with("audit"))
+            .collect();
+        assert_eq!(left, ["sessions:head", "sessions:n"]);
     }
 
     #[test]
@@ -433,7 +470,7 @@ pub(crate) mod tests {
         );
         let bearer = create(&vault, &LIMITS, &short).unwrap();
         p.advance(Duration::from_secs(1801));
-        assert!(authenticate(&vault, &LIMITS, Some(&bearer)).is_err());
+        assert!(authenticate(&vault, &LIMITS, Some(&bearer), &audit(&vault)).is_err());
     }
 
     #[test]
@@ -445,9 +482,9 @@ pub(crate) mod tests {
         p.advance(Duration::from_secs(5));
         let newer = create(&vault, &LIMITS, &tokens("-1")).unwrap();
         create(&vault, &LIMITS, &tokens("-2")).unwrap();
-        let sessions = newest_by_patient(&vault, &LIMITS).unwrap();
+        let sessions = newest_by_patient(&vault, &LIMITS, &audit(&vault)).unwrap();
         assert_eq!(sessions.keys().collect::<Vec<_>>(), ["-1", "-2"]);
-        let expected = authenticate(&vault, &LIMITS, Some(&newer)).unwrap();
+        let expected = authenticate(&vault, &LIMITS, Some(&newer), &audit(&vault)).unwrap();
         assert_eq!(sessions["-1"].hidden, expected.hidden);
     }
 
@@ -461,7 +498,7 @@ pub(crate) mod tests {
         granted.scope =
             "openid patient/Coverage.rs patient/ExplanationOfBenefit.read patient/Patient.r".into();
         let bearer = create(&vault, &LIMITS, &granted).unwrap();
-        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
+        let s = authenticate(&vault, &LIMITS, Some(&bearer), &audit(&vault)).unwrap();
         assert!(s.may_search(Coverage) && s.may_search(ExplanationOfBenefit));
         assert!(!s.may_search(Patient), "`.r` reads, it does not search");
     }
@@ -472,7 +509,7 @@ pub(crate) mod tests {
         let k = key();
         let vault = Vault::new(&p, &k);
         let bearer = create(&vault, &LIMITS, &tokens("-1")).unwrap();
-        let s = authenticate(&vault, &LIMITS, Some(&bearer)).unwrap();
+        let s = authenticate(&vault, &LIMITS, Some(&bearer), &audit(&vault)).unwrap();
         assert!(s.check_patient(None).is_ok());
         assert!(s.check_patient(Some("-1")).is_ok());
         assert!(s.check_patient(Some("Patient/-1")).is_ok());

@@ -8,9 +8,10 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
+use crate::audit::{Action, Audit, Event, Outcome, Peer};
 use crate::auth::oauth;
 use crate::auth::session::{self, Refreshing, Session};
-use crate::config::{self, OAuthClient, SessionLimits};
+use crate::config::{self, AuditSettings, OAuthClient, SessionLimits};
 use crate::crypto::TokenKey;
 use crate::error::Error;
 use crate::ports::Platform;
@@ -32,6 +33,7 @@ pub struct TokenContext {
     pub secret: String,
     pub key: TokenKey,
     pub limits: SessionLimits,
+    pub audit: AuditSettings,
 }
 
 impl TokenContext {
@@ -41,6 +43,7 @@ impl TokenContext {
             secret: config::client_secret(platform)?,
             key: TokenKey::load(platform)?,
             limits: SessionLimits::load(platform)?,
+            audit: AuditSettings::load(platform)?,
         })
     }
 }
@@ -51,6 +54,7 @@ pub async fn access_token<P: Platform>(
     ctx: &TokenContext,
     session: &mut Session,
     refused: Option<&str>,
+    audit: &Audit<'_, P>,
 ) -> Result<String, Error> {
     let deadline = vault.now() + 2 * CLAIM_SECS;
     loop {
@@ -113,9 +117,18 @@ pub async fn access_token<P: Platform>(
             }
             Err(failure) => {
                 let err = failure.into_refresh_error();
+                audit.record(
+                    Event::new(
+                        Action::RefreshFailed,
+                        Outcome::SeriousFailure,
+                        err.to_string(),
+                    )
+                    .patient(latest.patient())
+                    .peer(Peer::Cms),
+                );
                 if matches!(err, Error::Unauthorized(_)) {
                     // The grant is gone at CMS: so is the session.
-                    session::end(vault, &latest)?;
+                    session::end(vault, &latest, audit, "CMS no longer honours its grant")?;
                 } else {
                     session::store(vault, &latest, &claimed)?;
                 }
@@ -135,6 +148,7 @@ fn claim_id<P: Platform>(vault: &Vault<'_, P>) -> String {
 /// or was revoked and re-granted), the first page to notice refreshes it and the others use the result.
 pub struct SharedToken<'a, P: Platform> {
     vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
     pub ctx: &'a TokenContext,
     session: std::cell::RefCell<Session>,
 }
@@ -142,12 +156,14 @@ pub struct SharedToken<'a, P: Platform> {
 impl<'a, P: Platform> SharedToken<'a, P> {
     pub async fn new(
         vault: &'a Vault<'a, P>,
+        audit: &'a Audit<'a, P>,
         ctx: &'a TokenContext,
         mut session: Session,
     ) -> Result<SharedToken<'a, P>, Error> {
-        access_token(vault, ctx, &mut session, None).await?;
+        access_token(vault, ctx, &mut session, None, audit).await?;
         Ok(SharedToken {
             vault,
+            audit,
             ctx,
             session: std::cell::RefCell::new(session),
         })
@@ -168,7 +184,14 @@ impl<'a, P: Platform> SharedToken<'a, P> {
         }
         // No RefCell borrow may live across the await: work on a copy, then keep the newer one.
         let mut session = self.session.borrow().clone();
-        let token = access_token(self.vault, self.ctx, &mut session, Some(refused)).await?;
+        let token = access_token(
+            self.vault,
+            self.ctx,
+            &mut session,
+            Some(refused),
+            self.audit,
+        )
+        .await?;
         let mut shared = self.session.borrow_mut();
         if shared.tokens().access_token == refused {
             *shared = session;

@@ -7,6 +7,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
+use crate::audit::{Action, Audit, Data, Event, IdsHash, Outcome, Peer};
 use crate::auth::session::Session;
 use crate::auth::tokens::{SharedToken, TokenContext};
 use crate::cms::paging::{self, Page};
@@ -23,6 +24,7 @@ struct Dedup {
     seen: HashSet<String>,
     duplicates: usize,
     newest: Option<time::OffsetDateTime>,
+    ids: IdsHash,
 }
 
 impl Dedup {
@@ -38,6 +40,7 @@ impl Dedup {
                         return false;
                     }
                 }
+                self.ids.add(&resource.resource_type, &resource.id);
                 if let Some(updated) = resource.last_updated {
                     self.newest = Some(self.newest.map_or(updated, |n| n.max(updated)));
                 }
@@ -57,6 +60,9 @@ pub struct FetchSummary {
     /// The newest `meta.lastUpdated` among the entries.
     #[serde(skip)]
     pub newest: Option<time::OffsetDateTime>,
+    /// The audit trail's hash of the entries' ids.
+    #[serde(skip)]
+    pub ids_hash: Option<String>,
 }
 
 /// Where fetched pages go.
@@ -94,17 +100,67 @@ impl<A: PageSink, B: PageSink> PageSink for Both<A, B> {
 }
 
 /// Runs every page of `search` through `sink`. The session comes back with whatever token it ended with.
-pub async fn run<P: Platform>(
-    vault: &Vault<'_, P>,
-    ctx: &TokenContext,
+/// The fetch is recorded in the audit trail, however it ends.
+pub async fn run<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
+    ctx: &'a TokenContext,
     session: &mut Session,
     search: &SearchRequest,
     sink: &mut impl PageSink,
 ) -> Result<FetchSummary, Error> {
-    let tokens = SharedToken::new(vault, ctx, session.clone()).await?;
-    let summary = run_with(vault.platform, &tokens, search, sink).await;
-    *session = tokens.into_session();
+    let summary = match SharedToken::new(vault, audit, ctx, session.clone()).await {
+        Ok(tokens) => {
+            let summary = run_with(vault.platform, &tokens, search, sink).await;
+            *session = tokens.into_session();
+            summary
+        }
+        Err(err) => Err(err),
+    };
+    audit.record(read_event(session.patient(), search, &summary));
     summary
+}
+
+fn read_event(
+    patient: &str,
+    search: &SearchRequest,
+    summary: &Result<FetchSummary, Error>,
+) -> Event {
+    let resource_type = search.resource_type.as_str();
+    let mut query: Vec<String> = search
+        .filters
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    query.push(format!("_count={}", search.limits.page_size));
+    let mut data = Data {
+        resource_type: resource_type.to_string(),
+        query: Some(query.join("&")),
+        ..Data::default()
+    };
+    let event = match summary {
+        Ok(summary) => {
+            data.ids_hash = summary.ids_hash.clone();
+            data.details = vec![
+                ("entries", summary.entries.to_string()),
+                ("pages", summary.pages.to_string()),
+                ("retries", summary.retries.to_string()),
+            ];
+            Event::new(
+                Action::CmsRead,
+                Outcome::Success,
+                format!(
+                    "read {} {resource_type} in {} pages",
+                    summary.entries, summary.pages
+                ),
+            )
+        }
+        Err(err) => {
+            data.details = vec![("status", err.status().to_string())];
+            Event::new(Action::CmsRead, Outcome::SeriousFailure, err.to_string())
+        }
+    };
+    event.patient(patient).peer(Peer::Cms).data(data)
 }
 
 async fn run_with<P: Platform>(
@@ -134,5 +190,6 @@ async fn run_with<P: Platform>(
     }
     summary.duplicates_dropped = dedup.duplicates;
     summary.newest = dedup.newest;
+    summary.ids_hash = dedup.ids.finish();
     Ok(summary)
 }

@@ -7,21 +7,29 @@ use crate::config::FetchLimits;
 use crate::error::Error;
 use crate::fhir::ResourceType;
 
+/// A FHIR date or dateTime, as a regular expression's body (a macro, so that `concat!` can use it).
+macro_rules! fhir_date {
+    () => {
+        concat!(
+            "[0-9]{4}(-(0[1-9]|1[0-2]))?",
+            "|(",
+            "[0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])",
+            "|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)",
+            "|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])",
+            "|([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29",
+            ")(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,9})?)?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?)?",
+        )
+    };
+}
+
 /// A date filter (`_lastUpdated`, `service-date`): a comparison and a FHIR date, a year, a month, a
 /// calendar day, or a day and a time with an optional zone. This is the pattern the OpenAPI document
 /// states and [`check_filter`] enforces (the property test below holds them together); `$(?!\n)` ends
 /// the match at the very end in Python's dialect as in ECMA-262's.
-pub const DATE_FILTER_PATTERN: &str = concat!(
-    "^(lt|le|gt|ge)(",
-    "[0-9]{4}(-(0[1-9]|1[0-2]))?",
-    "|(",
-    "[0-9]{4}-(0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])",
-    "|[0-9]{4}-(0[469]|11)-(0[1-9]|[12][0-9]|30)",
-    "|[0-9]{4}-02-(0[1-9]|1[0-9]|2[0-8])",
-    "|([0-9]{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29",
-    ")(T([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{1,9})?)?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?)?",
-    ")$(?!\\n)"
-);
+pub const DATE_FILTER_PATTERN: &str = concat!("^(lt|le|gt|ge)(", fhir_date!(), ")$(?!\\n)");
+
+/// What [`fhir_date_start`] takes.
+pub const FHIR_DATE_PATTERN: &str = concat!("^(", fhir_date!(), ")$(?!\\n)");
 
 /// The EOB claim types CMS knows, as a comma-separated list.
 pub const CLAIM_TYPES: [&str; 8] = [
@@ -65,72 +73,79 @@ pub fn check_filter(name: &str, value: &str) -> Result<(), Error> {
 }
 
 fn is_date_filter(value: &str) -> bool {
-    let Some(date) = ["lt", "le", "gt", "ge"]
+    ["lt", "le", "gt", "ge"]
         .iter()
         .find_map(|op| value.strip_prefix(op))
-    else {
-        return false;
-    };
+        .and_then(fhir_date_start)
+        .is_some()
+}
+
+/// When a FHIR date or dateTime as [`FHIR_DATE_PATTERN`] has it (`2024`, `2024-05`, `2024-05-31`,
+/// `2024-05-31T12:00[:59[.123]][Z|±hh:mm]`) begins, in Unix seconds (UTC when no zone is given);
+/// `None` for anything else, a day the calendar lacks included.
+pub fn fhir_date_start(date: &str) -> Option<i64> {
     let (day, clock) = match date.split_once('T') {
         Some((day, clock)) => (day, Some(clock)),
         None => (date, None),
     };
     let parts: Vec<&str> = day.split('-').collect();
-    let number = |text: &str, digits: usize, max: u32| {
-        (text.len() == digits && text.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| text.parse::<u32>().ok())
-            .flatten()
-            .filter(|n| *n <= max)
+    let year = digits(parts[0], 4, 9999)?;
+    let month = |text| digits(text, 2, 12).filter(|m| *m >= 1);
+    let (month, day) = match (parts.as_slice(), clock) {
+        ([_], None) => (1, 1),
+        ([_, m], None) => (month(m)?, 1),
+        ([_, m, d], _) => (month(m)?, digits(d, 2, 31)?),
+        _ => return None,
     };
-    let Some(year) = number(parts[0], 4, 9999) else {
-        return false;
+    let month = time::Month::try_from(month as u8).ok()?;
+    let date = time::Date::from_calendar_date(year as i32, month, day as u8).ok()?;
+    let (at, offset) = match clock {
+        Some(clock) => parse_clock(clock)?,
+        None => (time::Time::MIDNIGHT, time::UtcOffset::UTC),
     };
-    let month = |text| number(text, 2, 12).filter(|m| *m >= 1);
-    match (parts.as_slice(), clock) {
-        ([_], None) => true,
-        ([_, m], None) => month(m).is_some(),
-        ([_, m, d], clock) => {
-            let calendar_day = month(m).zip(number(d, 2, 31)).is_some_and(|(m, d)| {
-                time::Month::try_from(m as u8)
-                    .is_ok_and(|m| time::Date::from_calendar_date(year as i32, m, d as u8).is_ok())
-            });
-            calendar_day && clock.is_none_or(is_clock)
-        }
-        _ => false,
-    }
+    Some(date.with_time(at).assume_offset(offset).unix_timestamp())
 }
 
-/// `hh:mm[:ss[.fraction]]` and an optional zone, `Z` or `±hh:mm`.
-fn is_clock(clock: &str) -> bool {
-    let two = |text: &str, max: u32| {
-        text.len() == 2
-            && text.bytes().all(|b| b.is_ascii_digit())
-            && text.parse::<u32>().is_ok_and(|n| n <= max)
-    };
-    let (time, zone) = match clock.find(['Z', '+', '-']) {
-        Some(at) => clock.split_at(at),
+/// `text` as a number of exactly `len` digits, at most `max`.
+fn digits(text: &str, len: usize, max: u32) -> Option<u32> {
+    (text.len() == len && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse::<u32>().ok())
+        .flatten()
+        .filter(|n| *n <= max)
+}
+
+/// `hh:mm[:ss[.fraction]]` and an optional zone, `Z` or `±hh:mm` (up to ±14:59).
+fn parse_clock(clock: &str) -> Option<(time::Time, time::UtcOffset)> {
+    let (at, zone) = match clock.find(['Z', '+', '-']) {
+        Some(i) => clock.split_at(i),
         None => (clock, ""),
     };
-    let zone_ok = match zone.as_bytes().first() {
-        None => true,
-        Some(b'Z') => zone.len() == 1,
-        Some(_) => zone[1..]
-            .split_once(':')
-            .is_some_and(|(h, m)| two(h, 14) && two(m, 59)),
+    let offset = match zone.as_bytes().first() {
+        None => time::UtcOffset::UTC,
+        Some(b'Z') if zone.len() == 1 => time::UtcOffset::UTC,
+        Some(b'Z') => return None,
+        Some(sign) => {
+            let (h, m) = zone[1..].split_once(':')?;
+            let (h, m) = (digits(h, 2, 14)? as i8, digits(m, 2, 59)? as i8);
+            let sign = if *sign == b'-' { -1 } else { 1 };
+            time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()?
+        }
     };
-    let (hms, fraction) = match time.split_once('.') {
+    let (hms, fraction) = match at.split_once('.') {
         Some((hms, fraction)) => (hms, Some(fraction)),
-        None => (time, None),
+        None => (at, None),
     };
     let fields: Vec<&str> = hms.split(':').collect();
-    let hms_ok = match fields.as_slice() {
-        [h, m] => fraction.is_none() && two(h, 23) && two(m, 59),
-        [h, m, s] => two(h, 23) && two(m, 59) && two(s, 59),
-        _ => false,
+    let (h, m, s) = match fields.as_slice() {
+        [h, m] if fraction.is_none() => (digits(h, 2, 23)?, digits(m, 2, 59)?, 0),
+        [h, m, s] => (digits(h, 2, 23)?, digits(m, 2, 59)?, digits(s, 2, 59)?),
+        _ => return None,
     };
     let fraction_ok = fraction
         .is_none_or(|f| (1..=9).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()));
-    zone_ok && hms_ok && fraction_ok
+    fraction_ok.then_some(())?;
+    let at = time::Time::from_hms(h as u8, m as u8, s as u8).ok()?;
+    Some((at, offset))
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +183,42 @@ mod tests {
     /// The documented pattern, as the `regex` crate reads it (its `$` is already the very end).
     fn documented(pattern: &str) -> regex::Regex {
         regex::Regex::new(pattern.trim_end_matches("(?!\\n)")).unwrap()
+    }
+
+    #[test]
+    fn a_date_starts_when_it_says_and_the_document_agrees() {
+        assert_eq!(fhir_date_start("2026-12-01"), Some(1_796_083_200));
+        assert_eq!(
+            fhir_date_start("2026-12-01T01:00:00+01:00"),
+            Some(1_796_083_200)
+        );
+        assert_eq!(fhir_date_start("2026"), Some(1_767_225_600));
+        let pattern = documented(FHIR_DATE_PATTERN);
+        for good in [
+            "2026",
+            "2026-12",
+            "2026-12-01T10:00",
+            "2026-12-01T10:00:00.5Z",
+            "2024-02-29",
+        ] {
+            assert!(
+                pattern.is_match(good) && fhir_date_start(good).is_some(),
+                "{good}"
+            );
+        }
+        for bad in [
+            "2026-13",
+            "26-12-01",
+            "2026-12-01T",
+            "2025-02-29",
+            "2026-12-01 ",
+            "gt2026",
+        ] {
+            assert!(
+                !pattern.is_match(bad) && fhir_date_start(bad).is_none(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::audit::{Action, Agent, Audit, Event, Outcome};
 use crate::auth::session::{self, Session};
 use crate::auth::state;
 use crate::auth::tokens::TokenContext;
 use crate::cms::pipeline::{self, FetchSummary};
 use crate::cms::search::SearchRequest;
 use crate::config::{ConnectSettings, FetchLimits};
-use crate::connect::delivery::{replay_outbox, Before};
+use crate::connect::delivery::{audit_to_connect, replay_outbox, Before};
 use crate::connect::{cursor, Delivery, DeliveryResult};
 use crate::error::Error;
 use crate::fhir::ResourceType;
@@ -74,20 +75,39 @@ pub struct PatientSync {
     pub types: BTreeMap<ResourceType, TypeSync>,
 }
 
-/// Syncs `only` that patient, or every patient with a live session.
-pub async fn run(platform: &impl Platform, only: Option<String>) -> Result<SyncReport, Error> {
+/// Syncs `only` that patient, or every patient with a live session; run by the operator holding the
+/// admin key `admin` (its id).
+pub async fn run<P: Platform>(
+    platform: &P,
+    only: Option<String>,
+    admin: String,
+) -> Result<SyncReport, Error> {
     let ctx = TokenContext::load(platform)?;
     let connect = ConnectSettings::load(platform)?;
     let limits = FetchLimits::load(platform)?;
     let vault = Vault::new(platform, &ctx.key);
-    let swept_states = state::sweep(&vault, STATE_SWEEP)?;
-    let outbox = replay_outbox(&vault, connect.clone()).await?;
+    let audit = Audit::new(&vault, ctx.audit, Agent::Sync(admin));
+    let report = run_with(&vault, &audit, &ctx, connect, limits, only).await;
+    audit_to_connect(&vault, &audit, true).await;
+    report
+}
+
+async fn run_with<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
+    ctx: &TokenContext,
+    connect: ConnectSettings,
+    limits: FetchLimits,
+    only: Option<String>,
+) -> Result<SyncReport, Error> {
+    let swept_states = state::sweep(vault, STATE_SWEEP)?;
+    let outbox = replay_outbox(vault, Some(audit), connect.clone()).await?;
     // While connect is unavailable, what the sync fetches is queued behind what already waits.
     let before = match outbox.queued.is_empty() {
         true => Before::Drain(None),
         false => Before::QueueBehind("older batches still wait in the outbox".into()),
     };
-    let mut sessions = session::newest_by_patient(&vault, &ctx.limits)?;
+    let mut sessions = session::newest_by_patient(vault, &ctx.limits, audit)?;
     let patients: Vec<String> = match only {
         Some(p) => vec![p],
         None => sessions.keys().cloned().collect(),
@@ -103,8 +123,9 @@ pub async fn run(platform: &impl Platform, only: Option<String>) -> Result<SyncR
         let result = match sessions.remove(&patient) {
             Some(session) => {
                 let job = PatientJob {
-                    vault: &vault,
-                    ctx: &ctx,
+                    vault,
+                    audit,
+                    ctx,
                     connect: &connect,
                     limits,
                     before: &before,
@@ -119,6 +140,11 @@ pub async fn run(platform: &impl Platform, only: Option<String>) -> Result<SyncR
             entry.status = "error";
             entry.error = Some(err.to_string());
         }
+        let (outcome, desc) = match &entry.error {
+            None => (Outcome::Success, format!("synced patient {patient}")),
+            Some(why) => (Outcome::SeriousFailure, why.clone()),
+        };
+        audit.record(Event::new(Action::AdminDeliver, outcome, desc).patient(&patient));
         report.push(entry);
     }
     Ok(SyncReport {
@@ -128,15 +154,16 @@ pub async fn run(platform: &impl Platform, only: Option<String>) -> Result<SyncR
     })
 }
 
-struct PatientJob<'a, 'v, P: Platform> {
-    vault: &'a Vault<'v, P>,
+struct PatientJob<'a, P: Platform> {
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
     ctx: &'a TokenContext,
     connect: &'a ConnectSettings,
     limits: FetchLimits,
     before: &'a Before,
 }
 
-impl<P: Platform> PatientJob<'_, '_, P> {
+impl<P: Platform> PatientJob<'_, P> {
     async fn sync(&self, mut session: Session, entry: &mut PatientSync) -> Result<(), Error> {
         for resource_type in ResourceType::ALL {
             let outcome = if !session.may_search(resource_type) {
@@ -185,12 +212,21 @@ impl<P: Platform> PatientJob<'_, '_, P> {
         };
         let mut delivery = Delivery::start(
             self.vault,
+            Some(self.audit),
             self.connect.clone(),
             &patient,
             self.before.clone(),
         )
         .await?;
-        let fetch = pipeline::run(self.vault, self.ctx, session, &search, &mut delivery).await?;
+        let fetch = pipeline::run(
+            self.vault,
+            self.audit,
+            self.ctx,
+            session,
+            &search,
+            &mut delivery,
+        )
+        .await?;
         let delivery = delivery.finish().await?;
         // Every resource up to `newest` is now delivered, queued or a dead letter.
         if let Some(newest) = fetch.newest {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::audit::{ids_hash, Action, Audit, Data, Event, Outcome as Ended, Peer, Recorded};
 use crate::config::{ConnectMode, ConnectSettings, Repair};
 use crate::connect::dead_letters::{self, Refusal};
 use crate::connect::outbox::{self, Claim, NewBatch, OutboxEntry};
@@ -62,6 +63,8 @@ struct Item {
     resource_type: String,
     id: String,
     json: Vec<u8>,
+    /// Repair marked elements absent in it.
+    repaired: bool,
 }
 
 const BUNDLE_OVERHEAD: usize = 128;
@@ -114,6 +117,8 @@ const CLAIM_SECS: i64 = 30;
 /// Delivers resources as they come (page by page), keeping at most one batch in memory.
 pub struct Delivery<'a, P: Platform> {
     vault: &'a Vault<'a, P>,
+    /// Where each batch's fate is recorded (none: this delivery carries the audit trail itself).
+    audit: Option<&'a Audit<'a, P>>,
     settings: ConnectSettings,
     patient: String,
     /// Who this delivery is, in the claims it makes.
@@ -133,11 +138,12 @@ impl<'a, P: Platform> Delivery<'a, P> {
     /// [`Before`]), so nothing new overtakes what waits.
     pub async fn start(
         vault: &'a Vault<'a, P>,
+        audit: Option<&'a Audit<'a, P>>,
         settings: ConnectSettings,
         patient: &str,
         before: Before,
     ) -> Result<Delivery<'a, P>, Error> {
-        let mut delivery = Delivery::without_drain(vault, settings, patient);
+        let mut delivery = Delivery::without_drain(vault, audit, settings, patient);
         match before {
             Before::Drain(until) => delivery.drain(until).await?,
             Before::QueueBehind(why) => delivery.queue_only = Some(why),
@@ -145,12 +151,18 @@ impl<'a, P: Platform> Delivery<'a, P> {
         Ok(delivery)
     }
 
-    fn without_drain(vault: &'a Vault<'a, P>, settings: ConnectSettings, patient: &str) -> Self {
+    fn without_drain(
+        vault: &'a Vault<'a, P>,
+        audit: Option<&'a Audit<'a, P>>,
+        settings: ConnectSettings,
+        patient: &str,
+    ) -> Self {
         let mut me = [0u8; 9];
         vault.platform.fill(&mut me);
         Delivery {
             pacer: Pacer::new(settings.rate_limit),
             vault,
+            audit,
             settings,
             patient: patient.to_string(),
             me: URL_SAFE_NO_PAD.encode(me),
@@ -193,12 +205,14 @@ impl<'a, P: Platform> Delivery<'a, P> {
 
     fn prepare(&mut self, resource: &Resource) -> Result<Item, Error> {
         let mut json = resource.json.get().as_bytes().to_vec();
+        let mut repaired = false;
         if self.settings.repair == Repair::DataAbsentReason {
-            let repaired = repair::repair(&json).map_err(|e| {
+            let repaired_json = repair::repair(&json).map_err(|e| {
                 Error::BadRequest(format!("{} is not FHIR: {e}", resource.resource_type))
             })?;
-            if let Some(repaired) = repaired {
-                json = repaired;
+            if let Some(fixed) = repaired_json {
+                json = fixed;
+                repaired = true;
                 self.result.repaired += 1;
             }
         }
@@ -206,6 +220,7 @@ impl<'a, P: Platform> Delivery<'a, P> {
             resource_type: resource.resource_type.clone(),
             id: resource.id.clone(),
             json,
+            repaired,
         })
     }
 
@@ -250,7 +265,15 @@ impl<'a, P: Platform> Delivery<'a, P> {
                         .map(|why| format!("not tried yet: {why}")),
                 },
             )?;
-            if self.queue_only.is_some() {
+            if let Some(why) = &self.queue_only {
+                self.note_batch(
+                    Action::Delivered,
+                    Ended::MinorFailure,
+                    format!("queued in the outbox as {}, not tried: {why}", entry.id),
+                    &entry,
+                    &items,
+                    None,
+                );
                 self.result.queued.push(entry.id);
                 continue;
             }
@@ -294,11 +317,30 @@ impl<'a, P: Platform> Delivery<'a, P> {
         match outcome {
             Outcome::Delivered(envelope) => {
                 outbox::remove(self.vault, entry)?;
+                let desc = format!("connect accepted {} resources", items.len());
+                let location = record_location(&envelope);
+                self.note_batch(
+                    Action::Delivered,
+                    Ended::Success,
+                    desc,
+                    entry,
+                    &items,
+                    location,
+                );
                 self.result.delivered += items.len();
                 self.result.batches.push(envelope);
             }
             Outcome::Unavailable(why) => {
                 outbox::release(self.vault, entry, &why)?;
+                let desc = format!("queued in the outbox as {}: {why}", entry.id);
+                self.note_batch(
+                    Action::Delivered,
+                    Ended::MinorFailure,
+                    desc,
+                    entry,
+                    &items,
+                    None,
+                );
                 self.result.queued.push(entry.id.clone());
                 self.queue_only = Some(why);
             }
@@ -352,9 +394,106 @@ impl<'a, P: Platform> Delivery<'a, P> {
                 resource: &item.json,
             },
         )?;
+        if let Some(audit) = self.audit {
+            let data = Data {
+                resource_type: item.resource_type.clone(),
+                ids_hash: ids_hash([(item.resource_type.as_str(), item.id.as_str())]),
+                query: None,
+                details: vec![
+                    ("deadLetter", id.clone()),
+                    ("connectStatus", status.to_string()),
+                    ("repaired", u8::from(item.repaired).to_string()),
+                ],
+            };
+            audit.record(
+                Event::new(
+                    Action::DeadLettered,
+                    Ended::SeriousFailure,
+                    format!("connect refused it ({status}); kept as dead letter {id}"),
+                )
+                .patient(&self.patient)
+                .peer(Peer::Connect)
+                .data(data),
+            );
+        }
         self.result.rejected += 1;
         self.result.dead_letters.push(id);
         Ok(())
+    }
+
+    /// Records what became of a batch of this delivery's own.
+    fn note_batch(
+        &self,
+        action: Action,
+        ended: Ended,
+        desc: String,
+        entry: &OutboxEntry,
+        items: &[Item],
+        location: Option<String>,
+    ) {
+        let Some(audit) = self.audit else { return };
+        let mut types: Vec<&str> = items.iter().map(|i| i.resource_type.as_str()).collect();
+        types.dedup();
+        let mut details = vec![
+            ("outbox", entry.id.clone()),
+            ("resources", items.len().to_string()),
+            (
+                "repaired",
+                items.iter().filter(|i| i.repaired).count().to_string(),
+            ),
+        ];
+        if self.settings.mode == ConnectMode::Bundle {
+            details.push(("batch", batch_id(&self.patient, items)));
+        }
+        if let Some(location) = location {
+            details.push(("dataRecordLocation", location));
+        }
+        let data = Data {
+            resource_type: types.join(","),
+            ids_hash: ids_hash(
+                items
+                    .iter()
+                    .map(|i| (i.resource_type.as_str(), i.id.as_str())),
+            ),
+            query: None,
+            details,
+        };
+        audit.record(
+            Event::new(action, ended, desc)
+                .patient(&self.patient)
+                .peer(Peer::Connect)
+                .data(data),
+        );
+    }
+
+    /// Records what became of a replayed outbox batch.
+    fn note_replay(
+        &self,
+        entry: &OutboxEntry,
+        ended: Ended,
+        desc: String,
+        location: Option<String>,
+    ) {
+        let Some(audit) = self.audit else { return };
+        let mut details = vec![
+            ("outbox", entry.id.clone()),
+            ("resources", entry.resources.to_string()),
+            ("attempts", (entry.attempts + 1).to_string()),
+        ];
+        if let Some(location) = location {
+            details.push(("dataRecordLocation", location));
+        }
+        let data = Data {
+            resource_type: "Bundle".into(),
+            details,
+            ..Data::default()
+        };
+        audit.record(
+            Event::new(Action::Replayed, ended, desc)
+                .patient(&entry.patient)
+                .peer(Peer::Connect)
+                .data(data),
+        );
     }
 
     /// Replays the outbox, oldest first, each batch under a claim so no two deliveries post it at
@@ -396,11 +535,18 @@ impl<'a, P: Platform> Delivery<'a, P> {
         match self.post(&entry, &payload).await? {
             Outcome::Delivered(envelope) => {
                 outbox::remove(self.vault, &entry)?;
+                let desc = format!(
+                    "connect accepted outbox batch {} ({} resources)",
+                    entry.id, entry.resources
+                );
+                self.note_replay(&entry, Ended::Success, desc, record_location(&envelope));
                 self.result.replayed += entry.resources;
                 self.result.batches.push(envelope);
             }
             Outcome::Unavailable(why) => {
                 outbox::release(self.vault, &entry, &why)?;
+                let desc = format!("outbox batch {} still waits: {why}", entry.id);
+                self.note_replay(&entry, Ended::MinorFailure, desc, None);
                 self.result.queued.push(entry.id.clone());
                 self.queue_only = Some(why);
             }
@@ -434,11 +580,78 @@ impl<'a, P: Platform> Delivery<'a, P> {
 /// `POST /bluebutton/connect/outbox/replay`: the whole outbox, oldest first.
 pub async fn replay_outbox<'a, P: Platform>(
     vault: &'a Vault<'a, P>,
+    audit: Option<&'a Audit<'a, P>>,
     settings: ConnectSettings,
 ) -> Result<DeliveryResult, Error> {
-    let mut delivery = Delivery::without_drain(vault, settings, "-");
+    let mut delivery = Delivery::without_drain(vault, audit, settings, "-");
     delivery.drain(None).await?;
     Ok(delivery.result)
+}
+
+/// `audit_to_connect`: the AuditEvents this request recorded go to connect through the outbox, like any
+/// batch (the longitudinal record then holds its own provenance). `post` is false where connect may not
+/// be called (the callback): they are queued, and the next delivery replays them. Their own delivery is
+/// not audited, or it would never end.
+async fn deliver_audit_trail<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    recorded: Vec<Recorded>,
+    settings: ConnectSettings,
+    post: bool,
+) -> Result<(), Error> {
+    let mut by_patient: Vec<(String, Vec<Resource>)> = Vec::new();
+    for recorded in recorded {
+        let patient = recorded.patient.unwrap_or_else(|| "-".into());
+        let raw = serde_json::value::RawValue::from_string(recorded.json)
+            .map_err(|e| Error::BadRequest(format!("an AuditEvent is not JSON: {e}")))?;
+        let resource = Resource::from_raw(raw)
+            .map_err(|e| Error::BadRequest(format!("an AuditEvent is not FHIR: {e}")))?;
+        match by_patient.iter_mut().find(|(p, _)| *p == patient) {
+            Some((_, events)) => events.push(resource),
+            None => by_patient.push((patient, vec![resource])),
+        }
+    }
+    for (patient, events) in by_patient {
+        let before = match post {
+            true => Before::Drain(Some(vault.now())),
+            false => Before::QueueBehind("recorded where connect is not called".into()),
+        };
+        let mut delivery = Delivery::start(vault, None, settings.clone(), &patient, before).await?;
+        delivery.add(&events).await?;
+        delivery.finish().await?;
+    }
+    Ok(())
+}
+
+/// Hands the AuditEvents this request recorded to connect, when `audit_to_connect` is on (`post`: now;
+/// else queued in the outbox). A failure is logged: the events stay in the trail either way.
+pub async fn audit_to_connect<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &Audit<'a, P>,
+    post: bool,
+) {
+    let recorded = audit.take_recorded();
+    if recorded.is_empty() {
+        return;
+    }
+    let delivered = match ConnectSettings::load(vault.platform) {
+        Ok(settings) => deliver_audit_trail(vault, recorded, settings, post).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = delivered {
+        eprintln!("audit: the AuditEvents could not be handed to connect: {err}");
+    }
+}
+
+/// Where connect put the record (`data_record_location`), from either envelope variant.
+fn record_location(envelope: &Value) -> Option<String> {
+    match envelope {
+        Value::Object(map) => match map.get("data_record_location") {
+            Some(Value::String(location)) => Some(location.clone()),
+            _ => map.values().find_map(record_location),
+        },
+        Value::Array(items) => items.iter().find_map(record_location),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{self, ConnectSettings, OAuthClient};
+use crate::config::{self, AuditSettings, ConnectSettings, OAuthClient};
 use crate::crypto::TokenKey;
 use crate::error::Error;
 use crate::http::{json_response, no_store, Response};
@@ -29,6 +29,10 @@ pub struct Health {
     /// Per component: `ok`, or why it did not answer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub components: BTreeMap<String, String>,
+    /// AuditEvents that could not be written since the store began (each is in the component's log);
+    /// any makes the app `degraded`.
+    #[serde(default)]
+    pub audit_write_failures: i64,
 }
 
 /// A group of settings a component reads.
@@ -42,6 +46,8 @@ pub enum Check {
     FetchLimits,
     Connect,
     AdminKey,
+    /// The audit settings, and whether every AuditEvent was written.
+    Audit,
 }
 
 /// A service a component may call.
@@ -60,7 +66,8 @@ fn verdict(result: Result<(), Error>) -> String {
     }
 }
 
-fn check_settings(platform: &impl Platform, check: Check, out: &mut BTreeMap<String, String>) {
+fn check_settings(platform: &impl Platform, check: Check, health: &mut Health) {
+    let out = &mut health.checks;
     let mut put = |name: &str, result: Result<(), Error>| {
         out.insert(name.to_string(), verdict(result));
     };
@@ -109,6 +116,16 @@ fn check_settings(platform: &impl Platform, check: Check, out: &mut BTreeMap<Str
             };
             out.insert("admin_api_key".into(), text);
         }
+        Check::Audit => {
+            put("audit", AuditSettings::load(platform).map(drop));
+            match platform.increment(crate::keys::AUDIT_FAILURES, 0) {
+                Ok(failures) => health.audit_write_failures = failures,
+                Err(err) => {
+                    let why = format!("the failure count cannot be read: {}", Error::Store(err));
+                    out.insert("audit".into(), why);
+                }
+            }
+        }
     }
 }
 
@@ -149,7 +166,7 @@ impl Health {
             .values()
             .any(|v| v != OK && !v.starts_with("warning"))
             || self.components.values().any(|v| v != OK);
-        let unreachable = self.reachable.values().any(|v| v != OK);
+        let unreachable = self.reachable.values().any(|v| v != OK) || self.audit_write_failures > 0;
         self.status = if misconfigured {
             "misconfigured"
         } else if unreachable {
@@ -179,7 +196,7 @@ pub async fn component(
 ) -> Health {
     let mut health = Health::default();
     for check in checks {
-        check_settings(platform, *check, &mut health.checks);
+        check_settings(platform, *check, &mut health);
     }
     for upstream in upstreams {
         health.reachable.insert(
@@ -212,6 +229,8 @@ pub async fn app(platform: &impl Platform, components: &[&str]) -> Health {
                 health.components.insert(id.into(), OK.into());
                 merge(&mut health.checks, part.checks);
                 merge(&mut health.reachable, part.reachable);
+                health.audit_write_failures =
+                    health.audit_write_failures.max(part.audit_write_failures);
             }
             Err(why) => {
                 health.components.insert(id.into(), why);
@@ -273,6 +292,7 @@ mod tests {
                 checks: [("cms_base_url".to_string(), OK.to_string())].into(),
                 reachable: [("cms".to_string(), format!("unreachable from {host}"))].into(),
                 components: BTreeMap::new(),
+                audit_write_failures: 0,
             };
             Ok(http::Response::new(serde_json::to_vec(&part).unwrap()))
         });

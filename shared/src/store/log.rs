@@ -2,6 +2,7 @@
 //! replicas, say) never overwrite each other's entries, and a walk sees entries in the order they were
 //! made. A head mark skips the empty prefix, so walking costs what is live, not all of history.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::error::Error;
@@ -9,12 +10,16 @@ use crate::store::{Backing, Vault};
 
 pub struct Log<'v, 'a, P: Backing> {
     vault: &'v Vault<'a, P>,
-    name: &'static str,
+    name: Cow<'static, str>,
 }
 
 impl<'v, 'a, P: Backing> Log<'v, 'a, P> {
-    pub fn new(vault: &'v Vault<'a, P>, name: &'static str) -> Self {
-        Log { vault, name }
+    /// The log called `name`: one of [`crate::keys::logs`], or one of a family (a patient's, say).
+    pub fn new(vault: &'v Vault<'a, P>, name: impl Into<Cow<'static, str>>) -> Self {
+        Log {
+            vault,
+            name: name.into(),
+        }
     }
 
     fn counter(&self) -> String {

@@ -5,7 +5,8 @@ use futures::executor::block_on;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::Repair;
+use crate::audit::{self, Agent, Audit};
+use crate::config::{AuditSettings, Repair};
 use crate::connect::dead_letters;
 use crate::crypto::TokenKey;
 use crate::testing::FakePlatform;
@@ -30,6 +31,36 @@ fn settings(mode: ConnectMode, batch_bytes: usize) -> ConnectSettings {
         repair: Repair::Off,
         retention_days: 30,
     }
+}
+
+const AUDIT: AuditSettings = AuditSettings {
+    retention_days: 1,
+    to_connect: false,
+};
+
+/// The audit trail of patient `-1`, oldest first: each event's own code and its outcome.
+fn trail(p: &FakePlatform) -> Vec<(String, String)> {
+    let k = key();
+    let vault = Vault::new(p, &k);
+    let query = audit::Query {
+        patient: Some("-1".into()),
+        count: 500,
+        ..audit::Query::default()
+    };
+    let listing = audit::list(&vault, &query).unwrap();
+    listing
+        .events
+        .iter()
+        .rev()
+        .map(|e| {
+            let e: Value = serde_json::from_str(e).unwrap();
+            let code = e["subtype"].as_array().unwrap().last().unwrap()["code"].clone();
+            (
+                code.as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 fn key() -> TokenKey {
@@ -109,7 +140,9 @@ fn deliver(p: &FakePlatform, settings: ConnectSettings, values: &[Value]) -> Del
     let k = key();
     let vault = Vault::new(p, &k);
     block_on(async {
-        let mut d = Delivery::start(&vault, settings, "-1", Before::Drain(None)).await?;
+        let audit = Audit::new(&vault, AUDIT, Agent::App);
+        let mut d =
+            Delivery::start(&vault, Some(&audit), settings, "-1", Before::Drain(None)).await?;
         d.add(&resources(values)).await?;
         d.finish().await
     })
@@ -166,6 +199,9 @@ fn refused_resources_named_by_connect_cost_one_post_each_at_most() {
     assert!(letters[0].detail.contains("validation error"));
     assert_eq!(letters[0].status, 500);
     assert_ne!(letters[0].id, letters[1].id);
+    let dead = ("dead-lettered".to_string(), "8".to_string());
+    let delivered = ("delivered".to_string(), "0".to_string());
+    assert_eq!(trail(&p), [dead.clone(), dead.clone(), dead, delivered]);
 }
 
 #[test]
@@ -204,6 +240,16 @@ fn an_outage_queues_everything_in_order_and_the_next_delivery_drains_it_first() 
         "the older batches went first"
     );
     assert!(outbox::list(&vault).unwrap().is_empty());
+    let trail = trail(&p);
+    let count = |code: &str, outcome: &str| {
+        trail
+            .iter()
+            .filter(|(c, o)| c == code && o == outcome)
+            .count()
+    };
+    assert_eq!(count("delivered", "4"), queued.len(), "each queued batch");
+    assert_eq!(count("replayed", "0"), queued.len(), "each replayed batch");
+    assert_eq!(trail.last().unwrap(), &("delivered".into(), "0".into()));
 }
 
 #[test]
@@ -237,6 +283,7 @@ fn batch_ids_are_stable_and_content_addressed() {
         resource_type: "ExplanationOfBenefit".into(),
         id: id.into(),
         json: serde_json::to_vec(&eob(id, true, pad)).unwrap(),
+        repaired: false,
     };
     let a = [item("1", 1), item("2", 1)];
     let b = [item("1", 1), item("2", 1)];
@@ -314,8 +361,8 @@ fn two_replays_at_once_post_each_batch_once_and_in_order() {
     let k = key();
     let vault = Vault::new(&p, &k);
     let (a, b) = block_on(futures::future::join(
-        replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000)),
-        replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000)),
+        replay_outbox(&vault, None, settings(ConnectMode::Bundle, 3_000)),
+        replay_outbox(&vault, None, settings(ConnectMode::Bundle, 3_000)),
     ));
     let (a, b) = (a.unwrap(), b.unwrap());
     // The second waits behind the first's claims rather than skipping ahead: order over speed.
@@ -360,7 +407,12 @@ fn a_crashed_deliverys_claim_lapses_and_its_batch_is_replayed() {
         },
     )
     .unwrap();
-    let replayed = block_on(replay_outbox(&vault, settings(ConnectMode::Bundle, 3_000))).unwrap();
+    let replayed = block_on(replay_outbox(
+        &vault,
+        None,
+        settings(ConnectMode::Bundle, 3_000),
+    ))
+    .unwrap();
     assert_eq!(replayed.replayed, 1, "replayed once the claim lapsed");
     assert_eq!(*connect.received.borrow(), ["lost"]);
 }

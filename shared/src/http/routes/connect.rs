@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
+use crate::audit::{ids_hash, Action, Agent, Audit, Data, Event, Outcome, Peer};
 use crate::auth::admin::require_admin;
-use crate::config::ConnectSettings;
+use crate::config::{AuditSettings, ConnectSettings};
 use crate::connect::dead_letters::{self, DeadLetter};
-use crate::connect::delivery::{replay_outbox, Before};
+use crate::connect::delivery::{audit_to_connect, replay_outbox, Before};
 use crate::connect::{outbox, Delivery, DeliveryResult};
 use crate::crypto::TokenKey;
 use crate::error::Error;
@@ -83,10 +84,24 @@ pub async fn handle(
              …/dead-letters/{{id}}/replay and DELETE …/dead-letters/{{id}}"
         ))
     })?;
-    require_admin(platform, bearer(&head.headers))?;
+    let admin = require_admin(platform, bearer(&head.headers))?;
     require_method(head, method)?;
     let key = TokenKey::load(platform)?;
     let vault = Vault::new(platform, &key);
+    let audit = Audit::new(&vault, AuditSettings::load(platform)?, Agent::Admin(admin));
+    let answer = serve(&vault, &audit, route, head, body).await;
+    audit_to_connect(&vault, &audit, true).await;
+    Ok(no_store(answer?))
+}
+
+async fn serve<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
+    route: Route,
+    head: &http::request::Parts,
+    body: impl RequestBody,
+) -> Result<Response, Error> {
+    let platform = vault.platform;
     let answer = match route {
         Route::Deliver => {
             let body = body.read(DELIVER_BODY_LIMIT).await?;
@@ -102,53 +117,101 @@ pub async fn handle(
             let patient = query_param(&head.uri, "patient")
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "-".into());
-            let result = deliver(&vault, platform, &patient, &resources).await?;
+            let result = deliver(vault, audit, &patient, &resources).await?;
             json_response(result.status(), &result)
         }
         Route::Replay => {
-            let result = replay_outbox(&vault, ConnectSettings::load(platform)?).await?;
+            let settings = ConnectSettings::load(platform)?;
+            let result = replay_outbox(vault, Some(audit), settings).await?;
             json_response(result.status(), &result)
         }
-        Route::Outbox => json_response(200, &Listing::new(outbox::list(&vault)?)),
-        Route::DeadLetters => json_response(200, &Listing::new(dead_letters::list(&vault)?)),
+        Route::Outbox => {
+            let entries = outbox::list(vault)?;
+            let patients = entries.iter().map(|e| e.patient.as_str());
+            note_listing(audit, "the outbox", patients);
+            json_response(200, &Listing::new(entries))
+        }
+        Route::DeadLetters => {
+            let letters = dead_letters::list(vault)?;
+            note_listing(
+                audit,
+                "the dead letters",
+                letters.iter().map(|l| l.patient.as_str()),
+            );
+            json_response(200, &Listing::new(letters))
+        }
         Route::ReplayDeadLetters => {
-            let letters = dead_letters::list(&vault)?;
-            let replay = replay_dead_letters(&vault, platform, letters).await?;
+            let letters = dead_letters::list(vault)?;
+            let replay = replay_dead_letters(vault, audit, letters).await?;
             json_response(replay.delivery.status(), &replay)
         }
         Route::ReplayDeadLetter(id) => {
-            let (letter, _) = dead_letters::get(&vault, &id)?;
-            let replay = replay_dead_letters(&vault, platform, vec![letter]).await?;
+            let (letter, _) = dead_letters::get(vault, &id)?;
+            let replay = replay_dead_letters(vault, audit, vec![letter]).await?;
             json_response(replay.delivery.status(), &replay)
         }
         Route::DeadLetter(id) => {
-            let (letter, _) = dead_letters::get(&vault, &id)?;
-            dead_letters::remove(&vault, &letter)?;
+            let (letter, _) = dead_letters::get(vault, &id)?;
+            dead_letters::remove(vault, &letter)?;
+            audit.record(letter_event(
+                Action::DeadLetterDeleted,
+                &letter,
+                format!("dead letter {} deleted by an operator", letter.id),
+            ));
             let mut resp = http::Response::new(Vec::new());
             *resp.status_mut() = http::StatusCode::NO_CONTENT;
             resp
         }
     };
-    Ok(no_store(answer))
+    Ok(answer)
 }
 
-async fn deliver<P: Platform>(
-    vault: &Vault<'_, P>,
-    platform: &P,
+/// An operator saw a listing naming these patients: each of them is told (once per listing).
+fn note_listing<'p, P: Platform>(
+    audit: &Audit<'_, P>,
+    what: &str,
+    patients: impl Iterator<Item = &'p str>,
+) {
+    let mut seen: Vec<&str> = patients.collect();
+    seen.sort_unstable();
+    seen.dedup();
+    for patient in seen {
+        let desc = format!("an operator listed {what}, which holds this patient's data");
+        audit.record(Event::new(Action::AdminRead, Outcome::Success, desc).patient(patient));
+    }
+}
+
+fn letter_event(action: Action, letter: &DeadLetter, desc: String) -> Event {
+    let data = Data {
+        resource_type: letter.resource_type.clone(),
+        ids_hash: ids_hash([(letter.resource_type.as_str(), letter.resource_id.as_str())]),
+        query: None,
+        details: vec![("deadLetter", letter.id.clone())],
+    };
+    Event::new(action, Outcome::Success, desc)
+        .patient(&letter.patient)
+        .peer(Peer::Connect)
+        .data(data)
+}
+
+async fn deliver<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
     patient: &str,
     resources: &[Resource],
 ) -> Result<DeliveryResult, Error> {
-    let settings = ConnectSettings::load(platform)?;
-    let mut delivery = Delivery::start(vault, settings, patient, Before::Drain(None)).await?;
+    let settings = ConnectSettings::load(vault.platform)?;
+    let mut delivery =
+        Delivery::start(vault, Some(audit), settings, patient, Before::Drain(None)).await?;
     delivery.add(resources).await?;
     delivery.finish().await
 }
 
 /// Delivers dead letters' resources again (repaired, if repair is on now). Each leaves the list once
 /// its resource is delivered, queued, or — refused again — a new dead letter with connect's new answer.
-async fn replay_dead_letters<P: Platform>(
-    vault: &Vault<'_, P>,
-    platform: &P,
+async fn replay_dead_letters<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    audit: &'a Audit<'a, P>,
     letters: Vec<DeadLetter>,
 ) -> Result<DeadLetterReplay, Error> {
     let mut replay = DeadLetterReplay {
@@ -163,8 +226,18 @@ async fn replay_dead_letters<P: Platform>(
                 letter.id
             )))
         })?;
-        let result = deliver(vault, platform, &letter.patient, &resources).await?;
+        let result = deliver(vault, audit, &letter.patient, &resources).await?;
         dead_letters::remove(vault, &letter)?;
+        let fate = match (result.delivered, result.queued.len()) {
+            (1.., _) => "delivered".to_string(),
+            (_, 1..) => format!("queued in the outbox as {}", result.queued.join(", ")),
+            _ => format!(
+                "refused again: dead letter {}",
+                result.dead_letters.join(", ")
+            ),
+        };
+        let desc = format!("dead letter {} sent again: {fate}", letter.id);
+        audit.record(letter_event(Action::DeadLetterReplayed, &letter, desc));
         replay.replayed_letters.push(letter.id);
         merge(&mut replay.delivery, result);
     }

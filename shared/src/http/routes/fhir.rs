@@ -2,12 +2,13 @@
 //! Bundle (streamed once it outgrows `response_buffer_bytes`), delivered to connect unless `push=false`,
 //! or answered with the delivery result when `return_cms=false`.
 
+use crate::audit::{Agent, Audit};
 use crate::auth::session::{self, Session};
 use crate::auth::tokens::TokenContext;
 use crate::cms::pipeline::{self, Both, PageSink};
 use crate::cms::search::{check_filter, SearchRequest};
 use crate::config::{ConnectSettings, FetchLimits};
-use crate::connect::delivery::Before;
+use crate::connect::delivery::{audit_to_connect, Before};
 use crate::connect::{cursor, Delivery};
 use crate::error::Error;
 use crate::fhir::{Resource, ResourceType};
@@ -119,11 +120,12 @@ fn resource_type_of(head: &http::request::Parts) -> Result<ResourceType, Error> 
 
 fn prepare<P: Platform>(
     vault: &Vault<'_, P>,
+    audit: &Audit<'_, P>,
     ctx: &TokenContext,
     head: &http::request::Parts,
     resource_type: ResourceType,
 ) -> Result<Prepared, Error> {
-    let session = session::authenticate(vault, &ctx.limits, bearer(&head.headers))?;
+    let session = session::authenticate(vault, &ctx.limits, bearer(&head.headers), audit)?;
     if !session.may_search(resource_type) {
         return Err(Error::Forbidden(format!(
             "the beneficiary did not share {resource_type} with this app (scope `{}`)",
@@ -188,14 +190,16 @@ pub async fn fetch<W: ResponseWriter>(
         Err(err) => return write_full(writer, err.into_response()),
     };
     let vault = Vault::new(platform, &ctx.key);
+    let mut audit = Audit::new(&vault, ctx.audit, Agent::App);
     let Prepared {
         mut session,
         request,
         connect,
-    } = match prepare(&vault, &ctx, head, resource_type) {
+    } = match prepare(&vault, &audit, &ctx, head, resource_type) {
         Ok(prepared) => prepared,
         Err(err) => return write_full(writer, err.into_response()),
     };
+    audit.act_as(Agent::Session(session.hidden.clone()));
     let started = platform.now();
     let answer = if request.return_cms {
         let budget = request.search.limits.response_buffer_bytes;
@@ -207,7 +211,7 @@ pub async fn fetch<W: ResponseWriter>(
     let delivery = match connect {
         Some(settings) => {
             let drain = Before::Drain(Some(vault.now() + DRAIN_SECS));
-            match Delivery::start(&vault, settings, &patient, drain).await {
+            match Delivery::start(&vault, Some(&audit), settings, &patient, drain).await {
                 Ok(delivery) => Some(delivery),
                 Err(err) => return answer.fail(err),
             }
@@ -215,7 +219,15 @@ pub async fn fetch<W: ResponseWriter>(
         None => None,
     };
     let mut sink = Both(delivery, answer);
-    let outcome = pipeline::run(&vault, &ctx, &mut session, &request.search, &mut sink).await;
+    let outcome = pipeline::run(
+        &vault,
+        &audit,
+        &ctx,
+        &mut session,
+        &request.search,
+        &mut sink,
+    )
+    .await;
     let Both(delivery, answer) = sink;
     let outcome = match (outcome, delivery) {
         (Ok(summary), Some(delivery)) => delivery.finish().await.map(|d| (summary, Some(d))),
@@ -240,6 +252,7 @@ pub async fn fetch<W: ResponseWriter>(
             (platform.now() - started).whole_milliseconds()
         );
     }
+    audit_to_connect(&vault, &audit, true).await;
     match (answer, outcome) {
         (Answer::Bundle(out), Ok((summary, delivery))) => out.finish(&summary, delivery.as_ref()),
         (Answer::Delivery(writer), Ok((_, delivery))) => {

@@ -2,6 +2,7 @@
 //! component enters `shared`. A route checks its method and its caller before it reads any body, and
 //! reads no more than its limit. Each component is its own type, so its `.wasm` holds only its routes.
 
+pub mod audit;
 pub mod authorize;
 pub mod callback;
 pub mod connect;
@@ -80,6 +81,8 @@ impl Component for Callback {
                 Check::ClientSecret,
                 Check::TokenKey,
                 Check::SessionLimits,
+                Check::Connect,
+                Check::Audit,
             ],
             &[Upstream::Cms],
         ))
@@ -101,7 +104,7 @@ impl Component for Callback {
     }
 }
 
-/// `GET /bluebutton/fhir/{type}`, `POST /bluebutton/sync`.
+/// `GET /bluebutton/fhir/{type}`, `POST /bluebutton/sync`, `GET /bluebutton/audit`.
 pub struct FhirFetch;
 
 impl Component for FhirFetch {
@@ -115,6 +118,7 @@ impl Component for FhirFetch {
                 Check::FetchLimits,
                 Check::Connect,
                 Check::AdminKey,
+                Check::Audit,
             ],
             &[Upstream::Cms, Upstream::Connect],
         ))
@@ -129,6 +133,8 @@ impl Component for FhirFetch {
     ) {
         if head.uri.path() == sync::PATH {
             write_full(writer, respond(sync::sync(platform, &head, body).await))
+        } else if head.uri.path() == audit::PATH {
+            write_full(writer, respond(audit::audit(platform, &head).await))
         } else {
             fhir::fetch(platform, &head, writer).await
         }
@@ -141,7 +147,12 @@ pub struct ConnectPush;
 impl Component for ConnectPush {
     fn health(&self) -> Option<(&'static [Check], &'static [Upstream])> {
         Some((
-            &[Check::Connect, Check::TokenKey, Check::AdminKey],
+            &[
+                Check::Connect,
+                Check::TokenKey,
+                Check::AdminKey,
+                Check::Audit,
+            ],
             &[Upstream::Connect],
         ))
     }

@@ -19,10 +19,10 @@ pub async fn sync(
     head: &http::request::Parts,
     body: impl RequestBody,
 ) -> Result<Response, Error> {
-    require_admin(platform, bearer(&head.headers))?;
+    let admin = require_admin(platform, bearer(&head.headers))?;
     require_method(head, "POST")?;
     let only = patient_of(&body.read(BODY_LIMIT).await?)?;
-    let report = sync::run(platform, only).await?;
+    let report = sync::run(platform, only, admin).await?;
     Ok(no_store(json_response(report.status(), &report)))
 }
 

@@ -86,7 +86,14 @@ async fn the_api_holds_to_its_openapi_document_under_fuzzing() {
         (
             "session routes",
             Some(format!("Authorization: Bearer {session}")),
-            vec!["--include-tag", "fhir", "--exclude-method", "DELETE"],
+            vec![
+                "--include-tag",
+                "fhir",
+                "--include-tag",
+                "audit",
+                "--exclude-method",
+                "DELETE",
+            ],
         ),
         (
             "admin routes",

@@ -3,6 +3,7 @@
 //! binary; one module per concern.
 
 mod app;
+mod audit;
 mod auth;
 mod browser;
 mod connect;
