@@ -9,7 +9,7 @@
 
 pub mod event;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,8 @@ pub struct Audit<'a, P: Backing> {
     settings: AuditSettings,
     agent: Agent,
     recorded: RefCell<Vec<Recorded>>,
+    /// Events recorded, and the time that took (for the request's log line and the bench).
+    cost: Cell<(u32, time::Duration)>,
 }
 
 impl<'a, P: Backing> Audit<'a, P> {
@@ -75,6 +77,7 @@ impl<'a, P: Backing> Audit<'a, P> {
             settings,
             agent,
             recorded: RefCell::new(Vec::new()),
+            cost: Cell::new((0, time::Duration::ZERO)),
         }
     }
 
@@ -89,7 +92,12 @@ impl<'a, P: Backing> Audit<'a, P> {
 
     /// Records `event`. Never fails: a record that cannot be written is logged and counted.
     pub fn record(&self, event: Event) {
-        match self.write(&event) {
+        let started = self.vault.platform.now();
+        let written = self.write(&event);
+        let (count, spent) = self.cost.get();
+        self.cost
+            .set((count + 1, spent + (self.vault.platform.now() - started)));
+        match written {
             Ok(json) => {
                 if self.settings.to_connect {
                     self.recorded.borrow_mut().push(Recorded {
@@ -109,6 +117,11 @@ impl<'a, P: Backing> Audit<'a, P> {
                 }
             }
         }
+    }
+
+    /// How many events this request recorded, and how long writing them took.
+    pub fn cost(&self) -> (u32, time::Duration) {
+        self.cost.get()
     }
 
     /// What this request recorded, to deliver to connect (empty unless `audit_to_connect`).

@@ -242,14 +242,17 @@ pub async fn fetch<W: ResponseWriter>(
         Ok((summary, delivery))
     });
     if let Ok((summary, _)) = &outcome {
+        let (audit_events, audit_time) = audit.cost();
         eprintln!(
-            "fhir-fetch: {} pages={} entries={} retries={} duplicates_dropped={} ms={}",
+            "fhir-fetch: {} pages={} entries={} retries={} duplicates_dropped={} us={} \
+             audit_events={audit_events} audit_us={}",
             request.search.resource_type,
             summary.pages,
             summary.entries,
             summary.retries,
             summary.duplicates_dropped,
-            (platform.now() - started).whole_milliseconds()
+            (platform.now() - started).whole_microseconds(),
+            audit_time.whole_microseconds()
         );
     }
     audit_to_connect(&vault, &audit, true).await;

@@ -81,6 +81,7 @@ const MEASUREMENTS: &[(&str, Measurement)] = &[
     ("the original client's way", || Box::pin(seed_way())),
     ("the sync into connect", || Box::pin(sync_into_connect())),
     ("the real CMS claims", || Box::pin(real_claims())),
+    ("the audit trail's cost", || Box::pin(audit_overhead())),
     ("abandoned authorizations", || {
         Box::pin(abandoned_authorizations())
     }),
@@ -342,6 +343,78 @@ async fn real_claims() -> Result<Vec<Figure>> {
         ));
     }
     Ok(figures)
+}
+
+/// `audit_overhead_pct`: of a 1,000-EOB fetch with delivery (connect's rate limit off), the share of
+/// the request's own time it spent writing its AuditEvents, both by the component's clock, summed over
+/// [`FETCH_RUNS`] fetches after a warm-up; and how many events one such fetch records.
+async fn audit_overhead() -> Result<Vec<Figure>> {
+    let stack = Stack::start(|o| o.eob_count = Some(1000), &[]).await?;
+    let session = session_of(&stack.base_url()).await?;
+    let http = Client::new();
+    let url = format!(
+        "{}/bluebutton/fhir/ExplanationOfBenefit?return_cms=false",
+        stack.base_url()
+    );
+    let fetch = || async {
+        let resp = http.get(&url).bearer_auth(&session).send().await?;
+        ensure!(resp.status() == 200, "the fetch answered {}", resp.status());
+        let result: Value = resp.json().await?;
+        ensure!(
+            result["delivered"] == 1000,
+            "delivered {}",
+            result["delivered"]
+        );
+        anyhow::Ok(())
+    };
+    fetch().await?;
+    let (started, mut runs) = (Instant::now(), 0);
+    while FETCH_RUNS.wants_more(started, runs) {
+        fetch().await?;
+        runs += 1;
+    }
+    // `fhir-fetch: ExplanationOfBenefit … us=… audit_events=… audit_us=…`, one line per fetch.
+    let field = |line: &str, name: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let logs = stack.logs();
+    let timed: Vec<(f64, f64, f64)> = logs
+        .lines()
+        .filter(|l| l.contains("fhir-fetch: ExplanationOfBenefit"))
+        .filter_map(|l| {
+            Some((
+                field(l, "us")?,
+                field(l, "audit_us")?,
+                field(l, "audit_events")?,
+            ))
+        })
+        .skip(1)
+        .collect();
+    ensure!(
+        timed.len() == runs,
+        "{} of {runs} fetches logged their timing",
+        timed.len()
+    );
+    let total: f64 = timed.iter().map(|t| t.0).sum();
+    let audit: f64 = timed.iter().map(|t| t.1).sum();
+    let events = timed.iter().map(|t| t.2).sum::<f64>() / runs as f64;
+    Ok(vec![
+        figure(
+            "audit_overhead_pct",
+            100.0 * audit / total,
+            format!(
+                "{:.2} ms of {:.1} ms per fetch writing AuditEvents, over {runs} fetches; goal ≤ 3",
+                audit / 1000.0 / runs as f64,
+                total / 1000.0 / runs as f64
+            ),
+        ),
+        figure(
+            "audit_events_per_fetch",
+            events,
+            "one read, one per batch delivered to connect",
+        ),
+    ])
 }
 
 /// `kv_keys_after_10000_abandoned`: the store's keys once 10,000 authorizations nobody finished are past

@@ -213,5 +213,27 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
         fetched["body"]["entry"][0]["resource"]["id"],
         BBUSER29999_PATIENT
     );
+
+    // And their accounting of disclosures: the consent they just gave, then that read, newest first.
+    let accounting = browser
+        .execute_async(
+            "const [session, done] = arguments;
+             fetch('/bluebutton/audit', {headers: {Authorization: 'Bearer ' + session}})
+               .then(r => r.json().then(body => done({status: r.status, body})));",
+            vec![json!(session)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(accounting["status"], 200);
+    let codes: Vec<&str> = accounting["body"]["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let subtypes = e["resource"]["subtype"].as_array().unwrap();
+            subtypes.last().unwrap()["code"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(codes, ["cms-read", "authorization-granted"]);
     browser.close().await.unwrap();
 }
