@@ -173,6 +173,8 @@ impl AppHost {
             .create(true)
             .append(true)
             .open(dir.path().join("app.log"))?;
+        // A restart appends to the same log: only what this launch prints says it serves.
+        let log_start = log.metadata()?.len() as usize;
         let mut cmd = Command::new(binary.path());
         cmd.arg("up")
             .arg("--from")
@@ -223,11 +225,12 @@ impl AppHost {
             }
         });
         self.child = Some(child);
-        self.wait_until_serving().await
+        self.wait_until_serving(log_start).await
     }
 
-    /// Waits for the `Serving http://` line and an accepted connection, the child's exit, or the timeout.
-    async fn wait_until_serving(&mut self) -> Result<()> {
+    /// Waits for this launch's `Serving http://` line (the log from `log_start` on) and an accepted
+    /// connection, the child's exit, or the timeout.
+    async fn wait_until_serving(&mut self, log_start: usize) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -242,8 +245,11 @@ impl AppHost {
                     log: self.output(),
                 });
             }
-            if self.output().contains("Serving http://")
-                && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
+            let printed = std::fs::read(self.dir.path().join("app.log")).unwrap_or_default();
+            let serving = printed
+                .get(log_start..)
+                .is_some_and(|new| String::from_utf8_lossy(new).contains("Serving http://"));
+            if serving && TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok()
             {
                 return Ok(());
             }
