@@ -215,12 +215,15 @@ fn authorize() {}
     ))]
 fn callback() {}
 
-/// End a session: revoke the grant at CMS and forget the tokens. If CMS cannot be reached the session is
-/// kept, so the call can be retried.
+/// End a session: revoke its tokens at CMS (with `grant=true`, the beneficiary's data access grant for
+/// this app too) and forget them. If CMS cannot be reached the session is kept, so the call can be
+/// retried.
 #[utoipa::path(delete, path = "/bluebutton/session", tag = "authorization",
     security(("session" = [])),
+    params(("grant" = Option<bool>, Query, description = "Also end the data access grant at CMS (`/o/revoke/`): the app reads nothing of this beneficiary's until they consent again. Default `false`: only this session's tokens (`/o/revoke_token/`)")),
     responses(
         (status = 204, description = "Revoked and forgotten"),
+        (status = 400, response = Problem),
         (status = 401, response = Problem),
         (status = 502, response = Problem),
         (status = 504, response = Problem),

@@ -432,7 +432,7 @@ fn revoke_ends_the_session_and_a_dead_grant_asks_to_authorize_again() {
     let cms = install_cms(&p, 3600);
     let session = login(&p, &cms);
     let other = login(&p, &cms);
-    let delete = http::Request::delete("/bluebutton/session")
+    let delete = http::Request::delete("/bluebutton/session?grant=true")
         .header("Authorization", format!("Bearer {session}"))
         .body(Vec::new())
         .unwrap();

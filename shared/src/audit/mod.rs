@@ -2,10 +2,11 @@
 //! every delivery to connect, recorded as a FHIR `AuditEvent` ([`event`]) by the request that did it.
 //!
 //! Records are sealed like the tokens, in the `audit` log (oldest first, so the retention sweep only
-//! ever looks at its head), each kept `audit_retention_days`. An event that names a patient is also
-//! pointed to from that patient's own log (`audit-of:{patient hidden}`), so their accounting is read
-//! newest first without scanning anyone else's. A record that cannot be written never fails the
-//! request it describes: it is logged and counted (`/bluebutton/healthz`).
+//! ever looks at its head), each kept `audit_retention_days`. Each request that records events about a
+//! patient also leaves one pointer in that patient's own log (`audit-of:{patient hidden}`): the range of
+//! `audit` slots its events took. A patient's accounting is read newest first through those ranges,
+//! never by scanning everyone's, and a record costs two store writes, not four. A record that cannot be
+//! written never fails the request it describes: it is logged and counted (`/bluebutton/healthz`).
 
 pub mod event;
 
@@ -22,9 +23,20 @@ use crate::keys::{self, logs};
 use crate::store::log::{Log, WRITE_GRACE_SECS};
 use crate::store::{Backing, Lifetime, Vault};
 
-/// Expired records each new one sweeps on its way (the trail ages one record at a time, so this keeps
-/// ahead of it).
-const SWEEP_PER_RECORD: usize = 8;
+/// Expired records each request's first record sweeps on its way (each request ages a few records at
+/// most, so this keeps ahead of them).
+const SWEEP_PER_REQUEST: usize = 32;
+
+/// Slots a request takes at once in the `audit` log (one store write for up to this many records).
+const SLOTS_PER_RESERVATION: u64 = 8;
+
+/// How long reserved slots may wait to be filled: well inside [`WRITE_GRACE_SECS`], after which a walk
+/// takes an empty slot for one that will never be filled.
+const RESERVATION_SECS: i64 = 10;
+
+/// How far past its first slot a range is read when the request that made it never closed it (it
+/// crashed): farther than any one request records for one patient.
+const OPEN_RANGE_SLOTS: u64 = 10_000;
 
 /// A record in the `audit` log.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,8 +44,9 @@ struct Entry {
     /// The patient's own log, and the slot pointing here in it.
     #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     index: Option<(String, u64)>,
+    /// Unix milliseconds.
     #[serde(rename = "t")]
-    recorded: i64,
+    recorded_ms: i64,
     #[serde(rename = "x")]
     expires_at: i64,
     /// The AuditEvent's JSON.
@@ -41,11 +54,29 @@ struct Entry {
     event: String,
 }
 
-/// An entry of a patient's log: the slot of their record in the `audit` log.
-#[derive(Debug, Serialize, Deserialize)]
+/// An entry of a patient's log: the `audit` slots one request's events about them took, `from` to `to`
+/// (other requests' records may lie between). `to` is written when the request ends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pointer {
-    #[serde(rename = "s")]
-    slot: u64,
+    #[serde(rename = "f")]
+    from: u64,
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    to: Option<u64>,
+}
+
+impl Pointer {
+    /// The last slot the range may hold.
+    fn last(&self) -> u64 {
+        self.to.unwrap_or(self.from + OPEN_RANGE_SLOTS)
+    }
+}
+
+/// A range this request is filling in a patient's log.
+struct OpenRange {
+    hidden: String,
+    /// Its pointer's slot in the patient's log.
+    at: u64,
+    pointer: Pointer,
 }
 
 /// A patient's own log, by the keyed hash of their id.
@@ -68,6 +99,10 @@ pub struct Audit<'a, P: Backing> {
     recorded: RefCell<Vec<Recorded>>,
     /// Events recorded, and the time that took (for the request's log line and the bench).
     cost: Cell<(u32, time::Duration)>,
+    ranges: RefCell<Vec<OpenRange>>,
+    swept: Cell<bool>,
+    /// Slots reserved and not used yet, and when they were reserved.
+    reserved: RefCell<(std::ops::Range<u64>, i64)>,
 }
 
 impl<'a, P: Backing> Audit<'a, P> {
@@ -78,6 +113,9 @@ impl<'a, P: Backing> Audit<'a, P> {
             agent,
             recorded: RefCell::new(Vec::new()),
             cost: Cell::new((0, time::Duration::ZERO)),
+            ranges: RefCell::new(Vec::new()),
+            swept: Cell::new(false),
+            reserved: RefCell::new((0..0, 0)),
         }
     }
 
@@ -97,6 +135,10 @@ impl<'a, P: Backing> Audit<'a, P> {
         let (count, spent) = self.cost.get();
         self.cost
             .set((count + 1, spent + (self.vault.platform.now() - started)));
+        self.outcome(&event, written);
+    }
+
+    fn outcome(&self, event: &Event, written: Result<String, Error>) {
         match written {
             Ok(json) => {
                 if self.settings.to_connect {
@@ -112,10 +154,14 @@ impl<'a, P: Backing> Audit<'a, P> {
                     event.action.code(),
                     event.outcome.code()
                 );
-                if let Err(err) = self.vault.platform.increment(keys::AUDIT_FAILURES, 1) {
-                    eprintln!("audit: the failure could not be counted either: {err}");
-                }
+                self.count_failure();
             }
+        }
+    }
+
+    fn count_failure(&self) {
+        if let Err(err) = self.vault.platform.increment(keys::AUDIT_FAILURES, 1) {
+            eprintln!("audit: the failure could not be counted either: {err}");
         }
     }
 
@@ -137,38 +183,85 @@ impl<'a, P: Backing> Audit<'a, P> {
         vault.platform.fill(&mut id);
         let json = event.to_fhir(&hex(&id), &self.agent, &recorded).to_string();
         let trail = Log::new(vault, logs::AUDIT);
-        let slot = trail.append()?;
+        let slot = self.next_slot(&trail, now.unix_timestamp())?;
         let index = match &event.patient {
-            Some(patient) => {
-                let hidden = vault.hide("patient", patient);
-                let own = patient_log(vault, &hidden).append()?;
-                Some((hidden, own))
-            }
+            Some(patient) => Some(self.range_for(&vault.hide("patient", patient), slot)?),
             None => None,
         };
         let entry = Entry {
-            index: index.clone(),
-            recorded: now.unix_timestamp(),
+            index,
+            recorded_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             expires_at: now.unix_timestamp() + self.settings.retention_days as i64 * 86_400,
             event: json,
         };
         vault.put(&trail.key(slot), &entry, Lifetime::Forever)?;
-        if let Some((hidden, own)) = index {
-            let log = patient_log(vault, &hidden);
-            vault.put(&log.key(own), &Pointer { slot }, Lifetime::Forever)?;
+        if !self.swept.replace(true) {
+            sweep(vault, SWEEP_PER_REQUEST)?;
         }
-        sweep(vault, SWEEP_PER_RECORD)?;
         Ok(entry.event)
+    }
+
+    /// The next of this request's reserved slots, reserving more when they are used up or old.
+    fn next_slot(&self, trail: &Log<'_, '_, P>, now: i64) -> Result<u64, Error> {
+        let mut reserved = self.reserved.borrow_mut();
+        if reserved.0.is_empty() || now - reserved.1 > RESERVATION_SECS {
+            *reserved = (trail.reserve(SLOTS_PER_RESERVATION)?, now);
+        }
+        let slot = reserved.0.start;
+        reserved.0.start += 1;
+        Ok(slot)
+    }
+
+    /// The patient's pointer to this request's range, which now reaches `slot`: the first event about
+    /// them in this request writes it (open), the end of the request closes it.
+    fn range_for(&self, hidden: &str, slot: u64) -> Result<(String, u64), Error> {
+        let mut ranges = self.ranges.borrow_mut();
+        if let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) {
+            range.pointer.to = Some(slot);
+            return Ok((hidden.to_string(), range.at));
+        }
+        let log = patient_log(self.vault, hidden);
+        let at = log.append()?;
+        let pointer = Pointer {
+            from: slot,
+            to: None,
+        };
+        self.vault.put(&log.key(at), &pointer, Lifetime::Forever)?;
+        ranges.push(OpenRange {
+            hidden: hidden.to_string(),
+            at,
+            pointer: Pointer {
+                from: slot,
+                to: Some(slot),
+            },
+        });
+        Ok((hidden.to_string(), at))
     }
 }
 
-/// An `instant`, to the millisecond, in UTC.
+/// The request is over: its ranges are closed, so that a listing reads no slot past them.
+impl<P: Backing> Drop for Audit<'_, P> {
+    fn drop(&mut self) {
+        for range in std::mem::take(self.ranges.get_mut()) {
+            let log = patient_log(self.vault, &range.hidden);
+            if let Err(err) = self
+                .vault
+                .put(&log.key(range.at), &range.pointer, Lifetime::Forever)
+            {
+                eprintln!("audit: a patient's range could not be closed: {err}");
+                self.count_failure();
+            }
+        }
+    }
+}
+
+/// An `instant`, to the millisecond, in UTC, always with three decimals (so instants sort as text too).
 fn instant(at: time::OffsetDateTime) -> String {
-    let at = at
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339)
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&format)
         .unwrap_or_default()
 }
 
@@ -191,8 +284,15 @@ pub fn sweep<P: Backing>(vault: &Vault<'_, P>, limit: usize) -> Result<usize, Er
         let key = trail.key(slot);
         match vault.get::<Entry>(&key)? {
             Some(entry) if entry.expires_at <= now => {
-                if let Some((hidden, own)) = &entry.index {
-                    vault.delete(&patient_log(vault, hidden).key(*own))?;
+                if let Some((hidden, at)) = &entry.index {
+                    // The range goes with its last record.
+                    let key = patient_log(vault, hidden).key(*at);
+                    if vault
+                        .get::<Pointer>(&key)?
+                        .is_none_or(|pointer| pointer.last() <= slot)
+                    {
+                        vault.delete(&key)?;
+                    }
                 }
                 vault.delete(&key)?;
                 walk.removed(slot);
@@ -238,68 +338,119 @@ const READS_PER_EVENT: usize = 64;
 /// The records `query` asks for, newest first.
 pub fn list<P: Backing>(vault: &Vault<'_, P>, query: &Query) -> Result<Listing, Error> {
     let trail = Log::new(vault, logs::AUDIT);
-    let own = query
-        .patient
-        .as_ref()
-        .map(|patient| patient_log(vault, &vault.hide("patient", patient)));
-    let walk = match &own {
-        Some(log) => log.walk()?,
-        None => trail.walk()?,
+    let trail_end = trail.walk()?.span.end;
+    let end = query.before.map_or(trail_end, |b| b.min(trail_end));
+    let mut page = Page {
+        vault,
+        trail: &trail,
+        query,
+        hidden: None,
+        found: Vec::new(),
+        listing: Listing::default(),
+        budget: (query.count + 1).saturating_mul(READS_PER_EVENT),
+        now: vault.now(),
     };
-    let end = query.before.map_or(walk.span.end, |b| b.min(walk.span.end));
-    let now = vault.now();
-    let mut listing = Listing::default();
-    let mut budget = (query.count + 1).saturating_mul(READS_PER_EVENT);
-    for position in (walk.span.start..end).rev() {
-        if budget == 0 {
-            // A long stretch of swept records: the next page goes on from here.
-            listing.next = Some(position + 1);
+    let Some(patient) = &query.patient else {
+        page.read(0, end)?;
+        return Ok(page.finish());
+    };
+    let hidden = vault.hide("patient", patient);
+    page.hidden = Some(hidden.clone());
+    let own = patient_log(vault, &hidden);
+    let mut walk = own.walk()?;
+    let mut ranges = Vec::new();
+    for at in walk.span.clone().rev() {
+        if let Some(pointer) = vault.get::<Pointer>(&own.key(at))? {
+            ranges.push(pointer);
+        }
+    }
+    // Newest first; ranges of concurrent requests may overlap, so each slot is read once.
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.last()));
+    let mut below = end;
+    for range in ranges {
+        let hi = (range.last() + 1).min(below);
+        if hi <= range.from {
+            continue;
+        }
+        if page.read(range.from, hi)? {
             break;
         }
-        budget -= 1;
-        let slot = match &own {
-            Some(log) => match vault.get::<Pointer>(&log.key(position))? {
-                Some(pointer) => pointer.slot,
-                None => continue,
-            },
-            None => position,
-        };
-        let Some(entry) = vault.get::<Entry>(&trail.key(slot))? else {
-            continue;
-        };
-        if entry.expires_at <= now {
-            continue;
-        }
-        if let Some(since) = query.since {
-            // Slots are taken in time order, give or take a slow writer.
-            if entry.recorded < since - WRITE_GRACE_SECS {
+        below = range.from;
+    }
+    // Moves the head of the patient's log past the ranges the sweep removed.
+    for at in walk.span.clone().take(READS_PER_EVENT) {
+        match vault.get::<Pointer>(&own.key(at))? {
+            Some(_) => {
+                walk.kept();
                 break;
             }
-            if entry.recorded < since {
+            None => walk.hole(at),
+        }
+    }
+    own.finish(walk)?;
+    Ok(page.finish())
+}
+
+/// A listing being read.
+struct Page<'p, 'v, 'a, P: Backing> {
+    vault: &'p Vault<'a, P>,
+    trail: &'p Log<'v, 'a, P>,
+    query: &'p Query,
+    /// Only this patient's records (their ranges also hold others').
+    hidden: Option<String>,
+    /// Each record found, with when it was recorded (Unix milliseconds).
+    found: Vec<(i64, String)>,
+    listing: Listing,
+    budget: usize,
+    now: i64,
+}
+
+impl<P: Backing> Page<'_, '_, '_, P> {
+    /// Reads slots `from..to`, newest first; `true` once the page is full or must stop.
+    fn read(&mut self, from: u64, to: u64) -> Result<bool, Error> {
+        for slot in (from..to).rev() {
+            if self.budget == 0 {
+                // A long stretch of swept or others' records: the next page goes on from here.
+                self.listing.next = Some(slot + 1);
+                return Ok(true);
+            }
+            self.budget -= 1;
+            let Some(entry) = self.vault.get::<Entry>(&self.trail.key(slot))? else {
+                continue;
+            };
+            let theirs = match &self.hidden {
+                Some(hidden) => entry.index.as_ref().is_some_and(|(h, _)| h == hidden),
+                None => true,
+            };
+            if !theirs || entry.expires_at <= self.now {
                 continue;
             }
-        }
-        if listing.events.len() == query.count {
-            listing.next = Some(position + 1);
-            break;
-        }
-        listing.events.push(entry.event);
-    }
-    if let Some(log) = own {
-        // Moves the head of the patient's log past what the sweep removed.
-        let mut walk = log.walk()?;
-        for position in walk.span.clone().take(READS_PER_EVENT) {
-            match vault.get::<Pointer>(&log.key(position))? {
-                Some(_) => {
-                    walk.kept();
-                    break;
+            if let Some(since) = self.query.since {
+                // Slots are taken in time order, give or take a slow writer.
+                let recorded = entry.recorded_ms.div_euclid(1000);
+                if recorded < since - RESERVATION_SECS - WRITE_GRACE_SECS {
+                    return Ok(true);
                 }
-                None => walk.hole(position),
+                if recorded < since {
+                    continue;
+                }
             }
+            if self.found.len() == self.query.count {
+                self.listing.next = Some(slot + 1);
+                return Ok(true);
+            }
+            self.found.push((entry.recorded_ms, entry.event));
         }
-        log.finish(walk)?;
+        Ok(false)
     }
-    Ok(listing)
+
+    /// The page, newest first: slots follow the order requests reserved them in, so records of
+    /// requests that ran at the same time are put in time order here.
+    fn finish(mut self) -> Listing {
+        self.found.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        self.listing.events = self.found.into_iter().map(|(_, event)| event).collect();
+        self.listing
+    }
 }
 
 #[cfg(test)]

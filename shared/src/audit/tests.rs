@@ -109,14 +109,15 @@ fn records_are_swept_after_their_retention_with_their_pointers() {
     let p = FakePlatform::new();
     let k = key();
     let vault = Vault::new(&p, &k);
-    let audit = Audit::new(&vault, settings(1), Agent::App);
+    // Each in a request of its own.
+    let record = |n| Audit::new(&vault, settings(1), Agent::App).record(read("-1", n));
     for n in 0..3 {
-        audit.record(read("-1", n));
+        record(n);
     }
     assert_eq!(
         p.stored_keys().len(),
-        3 + 3 + 3,
-        "records, pointers, counters and a head"
+        3 + 3 + 2 + 1,
+        "records, their requests' pointers, two counters and a head"
     );
     p.advance(Duration::from_secs(86_400 + 1));
     assert!(list(&vault, &query(Some("-1"), 10))
@@ -129,15 +130,65 @@ fn records_are_swept_after_their_retention_with_their_pointers() {
     assert!(keys
         .iter()
         .all(|k| k.ends_with(":n") || k.ends_with(":head")));
-    // A new record sweeps on its way too.
-    audit.record(read("-1", 3));
+    // A request's first record sweeps on its way too.
+    record(3);
     p.advance(Duration::from_secs(86_400 + 1));
-    audit.record(read("-1", 4));
+    record(4);
     assert_eq!(
         descs(&list(&vault, &query(Some("-1"), 10)).unwrap()),
         [r#""read 4""#]
     );
     assert_eq!(p.stored_keys().len(), keys.len() + 2);
+}
+
+#[test]
+fn one_request_leaves_one_pointer_and_interleaved_requests_stay_apart() {
+    let p = FakePlatform::new();
+    let k = key();
+    let vault = Vault::new(&p, &k);
+    let first = Audit::new(&vault, settings(2190), Agent::App);
+    let second = Audit::new(&vault, settings(2190), Agent::App);
+    for n in 0..4 {
+        for (audit, patient, desc) in [
+            (&first, "-1", n),
+            (&second, "-2", 10 + n),
+            (&second, "-1", 20 + n),
+        ] {
+            audit.record(read(patient, desc));
+            p.advance(Duration::from_millis(1));
+        }
+    }
+    // `second` crashed: its ranges were never closed.
+    std::mem::forget(second);
+    drop(first);
+    let pointers = p
+        .stored_keys()
+        .iter()
+        .filter(|k| k.starts_with("audit-of:") && !k.ends_with(":n") && !k.ends_with(":head"))
+        .count();
+    assert_eq!(pointers, 3, "one per request and patient");
+    let mine = descs(&list(&vault, &query(Some("-1"), 100)).unwrap());
+    let expected: Vec<String> = [23, 3, 22, 2, 21, 1, 20, 0]
+        .iter()
+        .map(|n| format!(r#""read {n}""#))
+        .collect();
+    assert_eq!(mine, expected, "newest first, none of the other patient's");
+    // Pages of one go through both ranges without losing or repeating any (in the order the requests
+    // reserved their slots, which only a page of its own puts in time order).
+    let mut paged = Vec::new();
+    let mut q = query(Some("-1"), 1);
+    loop {
+        let page = list(&vault, &q).unwrap();
+        paged.extend(descs(&page));
+        match page.next {
+            Some(next) => q.before = Some(next),
+            None => break,
+        }
+    }
+    paged.sort();
+    let mut all = mine.clone();
+    all.sort();
+    assert_eq!(paged, all);
 }
 
 #[test]
@@ -151,6 +202,14 @@ fn a_record_that_cannot_be_written_is_counted_not_fatal() {
     assert_eq!(failures(&vault).unwrap(), 1);
     audit.record(read("-1", 1));
     assert_eq!(failures(&vault).unwrap(), 1);
+}
+
+#[test]
+fn instants_have_three_decimals_so_they_sort_as_text() {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(1_796_083_200_120_000_000).unwrap();
+    assert_eq!(instant(at), "2026-12-01T00:00:00.120Z");
+    let whole = time::OffsetDateTime::from_unix_timestamp(1_796_083_201).unwrap();
+    assert_eq!(instant(whole), "2026-12-01T00:00:01.000Z");
 }
 
 #[test]

@@ -312,20 +312,41 @@ pub async fn refresh<P: Platform>(
     token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
 }
 
-/// Revokes the grant at CMS (`/v2/o/revoke/` deletes every token of this app and beneficiary, and always
-/// answers 200 when the client authenticates).
+/// What a revocation ends at CMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The session's tokens (RFC 7009 `/v2/o/revoke_token/`, with the refresh token, which takes its
+    /// access token along; the access token itself for a ONE_TIME grant). The beneficiary's grant stays.
+    Tokens,
+    /// The beneficiary's data access grant for this app (`/v2/o/revoke/`): every token of theirs goes,
+    /// and the app may not read their data again until they consent again.
+    Grant,
+}
+
+/// Revokes at CMS what `what` says. Both endpoints answer 200 whenever the client authenticates.
 pub async fn revoke<P: Platform>(
     platform: &P,
     client: &OAuthClient,
     secret: &str,
     tokens: &TokenSet,
+    what: Revocation,
 ) -> Result<(), Error> {
     use base64::engine::general_purpose::STANDARD;
+    let (path, token) = match what {
+        Revocation::Tokens => (
+            "/v2/o/revoke_token/",
+            tokens
+                .refresh_token
+                .as_ref()
+                .unwrap_or(&tokens.access_token),
+        ),
+        Revocation::Grant => ("/v2/o/revoke/", &tokens.access_token),
+    };
     let body = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("token", &tokens.access_token)
+        .append_pair("token", token)
         .finish();
     let basic = STANDARD.encode(format!("{}:{}", client.client_id, secret));
-    let request = http::Request::post(format!("{}/v2/o/revoke/", client.cms_base_url))
+    let request = http::Request::post(format!("{}{path}", client.cms_base_url))
         .header("Authorization", format!("Basic {basic}"))
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(body.into_bytes())
@@ -334,7 +355,7 @@ pub async fn revoke<P: Platform>(
     match retried.result {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(Error::BadGateway(format!(
-            "CMS refused to revoke the grant ({}); the session is kept so you can retry",
+            "CMS refused the revocation ({}); the session is kept so you can retry",
             resp.status().as_u16()
         ))),
         Err(HttpError::Timeout) => Err(Error::GatewayTimeout(
@@ -342,7 +363,7 @@ pub async fn revoke<P: Platform>(
                 .into(),
         )),
         Err(e) => Err(Error::BadGateway(format!(
-            "CMS could not be reached to revoke the grant: {e}; the session is kept"
+            "CMS could not be reached for the revocation: {e}; the session is kept"
         ))),
     }
 }

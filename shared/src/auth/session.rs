@@ -115,9 +115,13 @@ fn unreadable(err: RecordError) -> Error {
     }
 }
 
-/// When a session made now for `tokens` must end: its maximum age, or CMS's grant, whichever is first.
-fn end_of(limits: &SessionLimits, now: i64, tokens: &TokenSet) -> i64 {
-    let max = now + limits.max_secs;
+/// When a session made now for `tokens` must end: its maximum age, or CMS's grant, whichever is first;
+/// a ONE_TIME grant (no refresh token) ends with its access token.
+pub fn end_of(limits: &SessionLimits, now: i64, tokens: &TokenSet) -> i64 {
+    let max = match tokens.refresh_token {
+        Some(_) => now + limits.max_secs,
+        None => tokens.expires_at.min(now + limits.max_secs),
+    };
     let grant = tokens
         .access_grant_expiration
         .as_deref()

@@ -66,6 +66,9 @@ pub async fn access_token<P: Platform>(
         if usable(session) {
             return Ok(session.tokens().access_token.clone());
         }
+        if session.tokens().refresh_token.is_none() {
+            return one_time(session, now, refused);
+        }
         // Another request may have refreshed it already, or be doing so now.
         let latest = session::reload(vault, session)?;
         if usable(&latest) {
@@ -136,6 +139,20 @@ pub async fn access_token<P: Platform>(
             }
         };
     }
+}
+
+/// A ONE_TIME grant (CMS issued no refresh token): its access token serves until it expires, and then
+/// the session is over (its record expires with it).
+fn one_time(session: &Session, now: i64, refused: Option<&str>) -> Result<String, Error> {
+    let tokens = session.tokens();
+    if tokens.expires_at > now && Some(tokens.access_token.as_str()) != refused {
+        return Ok(tokens.access_token.clone());
+    }
+    Err(Error::Unauthorized(
+        "this app's grant is one-time (CMS issues it no refresh token) and its access token has \
+         expired: authorize again at /bluebutton/authorize"
+            .into(),
+    ))
 }
 
 fn claim_id<P: Platform>(vault: &Vault<'_, P>) -> String {

@@ -40,6 +40,13 @@ impl<'v, 'a, P: Backing> Log<'v, 'a, P> {
         Ok(self.vault.platform.increment(&self.counter(), 1)? as u64)
     }
 
+    /// `n` fresh slots at once (one store write), for a writer that will fill them soon; those it
+    /// leaves empty are holes like any other.
+    pub fn reserve(&self, n: u64) -> Result<Range<u64>, Error> {
+        let last = self.vault.platform.increment(&self.counter(), n as i64)? as u64;
+        Ok(last + 1 - n..last + 1)
+    }
+
     /// Starts a walk over the slots that may hold entries: from the head mark to the last slot handed out.
     pub fn walk(&self) -> Result<Walk, Error> {
         let last = self.vault.platform.increment(&self.counter(), 0)? as u64;

@@ -168,6 +168,9 @@ pub struct Options {
     pub retry_after_secs: u64,
     /// Enforce BB2's non-local client-id rule (`[a-zA-Z0-9]{40}`, else 400 `invalid_client`).
     pub require_cms_client_id_format: bool,
+    /// The app is registered with BB2's ONE_TIME data access type: token answers carry no refresh
+    /// token, and a refresh is refused (403 `invalid_client`).
+    pub one_time_app: bool,
 }
 
 impl Default for Options {
@@ -183,6 +186,7 @@ impl Default for Options {
             eob_count: None,
             retry_after_secs: 1,
             require_cms_client_id_format: false,
+            one_time_app: false,
         }
     }
 }

@@ -43,6 +43,9 @@ struct Args {
     /// Enforce BB2's non-local client-id format (`[a-zA-Z0-9]{40}`).
     #[arg(long)]
     require_cms_client_id_format: bool,
+    /// Register the app as ONE_TIME (no refresh tokens).
+    #[arg(long)]
+    one_time_app: bool,
 }
 
 #[tokio::main]
@@ -69,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         eob_count: args.eob_count,
         retry_after_secs: args.retry_after,
         require_cms_client_id_format: args.require_cms_client_id_format,
+        one_time_app: args.one_time_app,
     };
     let sandbox = CmsSandbox::start(args.listen, opts).await?;
     {

@@ -158,7 +158,8 @@ impl AuthState {
         self.refresh.retain(|_, t| t.user.patient_id != patient);
     }
 
-    /// Issues an access and refresh token pair and answers the token response body.
+    /// Issues an access and refresh token pair (a ONE_TIME app: the access token alone) and answers the
+    /// token response body.
     pub fn mint(
         &mut self,
         opts: &Options,
@@ -177,21 +178,23 @@ impl AuthState {
                 expires_unix: now.unix_timestamp() + opts.token_ttl_secs as i64,
             },
         );
-        self.refresh.insert(
-            refresh.clone(),
-            RefreshTok {
-                user,
-                scopes: scopes.clone(),
-                access: Some(access.clone()),
-                revoked: false,
-            },
-        );
+        if !opts.one_time_app {
+            self.refresh.insert(
+                refresh.clone(),
+                RefreshTok {
+                    user,
+                    scopes: scopes.clone(),
+                    access: Some(access.clone()),
+                    revoked: false,
+                },
+            );
+        }
         let expiration = self
             .grants
             .get(user.patient_id)
             .map(|g| format_grant_time(g.expires))
             .unwrap_or_default();
-        J::obj(vec![
+        let mut fields = vec![
             ("access_token", J::str(access)),
             ("expires_in", J::Num(opts.token_ttl_secs.into())),
             ("token_type", J::str("Bearer")),
@@ -199,8 +202,11 @@ impl AuthState {
             ("refresh_token", J::str(refresh)),
             ("patient", J::str(user.patient_id)),
             ("access_grant_expiration", J::str(expiration)),
-        ])
-        .to_json()
+        ];
+        if opts.one_time_app {
+            fields.retain(|(name, _)| *name != "refresh_token");
+        }
+        J::obj(fields).to_json()
     }
 
     pub fn check_access(&self, token: &str) -> TokenCheck {
@@ -825,6 +831,14 @@ fn code_grant(st: &AppState, fields: &[(String, String)]) -> Response {
 
 fn refresh_grant(st: &AppState, fields: &[(String, String)]) -> Response {
     let presented = field(fields, "refresh_token").unwrap_or_default();
+    if st.opts.one_time_app {
+        // BB2's `validate_app_is_active` refuses every refresh of a ONE_TIME app.
+        return bb2_error(
+            StatusCode::FORBIDDEN,
+            "invalid_client",
+            "This application is registered for one-time data access: it may not refresh tokens.",
+        );
+    }
     st.with_auth(|a| {
         // BB2's `validate_app_is_active` checks run before oauthlib's own.
         let Some(rt) = a.refresh.get(presented) else {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::audit::{Action, Agent, Audit, Data, Event, Outcome, Peer};
-use crate::auth::oauth::{self, TokenFailure};
+use crate::auth::oauth::{self, Revocation, TokenFailure};
 use crate::auth::session;
 use crate::auth::state;
 use crate::auth::tokens::TokenContext;
@@ -29,8 +29,26 @@ pub struct SessionGranted {
     pub scope: String,
     /// When the current CMS access token expires (RFC 3339); it is refreshed before that.
     pub expires_at: String,
+    /// When the beneficiary's data access grant at CMS ends (RFC 3339, as CMS said; 13 months for most
+    /// apps): no session outlives it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_grant_expiration: Option<String>,
+    /// CMS issued no refresh token (a ONE_TIME app): the session ends with the access token.
+    pub one_time: bool,
+    /// When this session ends at the latest (RFC 3339), unless unused for `session_idle_secs` first.
+    pub session_expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub return_to: Option<String>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 pub async fn callback(
@@ -108,38 +126,50 @@ async fn exchange<'a, P: Platform>(
         .peer(Peer::Cms)
         .data(data),
     );
-    let expires_at = time::OffsetDateTime::from_unix_timestamp(tokens.expires_at)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
     let granted = SessionGranted {
         session,
+        expires_at: rfc3339(tokens.expires_at),
+        session_expires_at: rfc3339(session::end_of(&ctx.limits, vault.now(), &tokens)),
+        one_time: tokens.refresh_token.is_none(),
+        access_grant_expiration: tokens.access_grant_expiration,
         patient: tokens.patient,
         scope: tokens.scope,
-        expires_at,
         return_to: pending.return_to,
     };
     Ok(no_store(json_response(200, &granted)))
 }
 
-/// Revokes the grant at CMS and forgets the session.
+/// Revokes the session's tokens at CMS (with `grant=true`, the beneficiary's data access grant itself)
+/// and forgets the session.
 pub async fn end_session(
     platform: &impl Platform,
     head: &http::request::Parts,
 ) -> Result<Response, Error> {
     require_method(head, "DELETE")?;
+    let what = match query_param(&head.uri, "grant").as_deref() {
+        None | Some("false") => Revocation::Tokens,
+        Some("true") => Revocation::Grant,
+        Some(_) => return Err(Error::BadRequest(
+            "`grant` is `true` (also end the beneficiary's data access grant at CMS) or `false`"
+                .into(),
+        )),
+    };
     let ctx = TokenContext::load(platform)?;
     let vault = Vault::new(platform, &ctx.key);
     let mut audit = Audit::new(&vault, ctx.audit, Agent::App);
     let session = session::authenticate(&vault, &ctx.limits, bearer(&head.headers), &audit)?;
     audit.act_as(Agent::Session(session.hidden.clone()));
-    let revoked = oauth::revoke(platform, &ctx.client, &ctx.secret, session.tokens()).await;
-    let (outcome, desc) = match &revoked {
-        Ok(()) => (Outcome::Success, "the grant was revoked at CMS".to_string()),
-        Err(err) => (Outcome::SeriousFailure, err.to_string()),
+    let revoked = oauth::revoke(platform, &ctx.client, &ctx.secret, session.tokens(), what).await;
+    let (outcome, desc) = match (&revoked, what) {
+        (Ok(()), Revocation::Tokens) => (
+            Outcome::Success,
+            "the session's tokens were revoked at CMS; the data access grant stays".to_string(),
+        ),
+        (Ok(()), Revocation::Grant) => (
+            Outcome::Success,
+            "the data access grant was revoked at CMS, with every token".to_string(),
+        ),
+        (Err(err), _) => (Outcome::SeriousFailure, err.to_string()),
     };
     audit.record(
         Event::new(Action::Revoked, outcome, desc)

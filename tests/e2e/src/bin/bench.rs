@@ -2,7 +2,8 @@
 //! `cms-sandbox` (no arguments; a minute or two on two cores). It prints one line per figure, then one
 //! JSON object with every figure as its last line.
 //!
-//! Run it with `cargo run -p e2e --bin bench`: it builds the components and `spin-host` itself (with
+//! Run it with `cargo run -p e2e --bin bench` (followed by words to run only the measurements whose
+//! names hold one, e.g. `-- audit`): it builds the components and `spin-host` itself (with
 //! cargo's progress shown) and runs the app as a child process, as the end-to-end suite does: on
 //! `spin-host`, or on the real Spin CLI when `SPIN_BIN` names it. The instantiation figure counts
 //! instances, so it runs `spin_host` in this process.
@@ -120,7 +121,12 @@ async fn run() -> Result<()> {
         host.path().display()
     );
     let mut json = serde_json::Map::new();
-    for (name, measure) in MEASUREMENTS {
+    // `bench audit paged`: only the measurements whose names hold one of the words.
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let chosen = MEASUREMENTS
+        .iter()
+        .filter(|(name, _)| only.is_empty() || only.iter().any(|w| name.contains(w.as_str())));
+    for (name, measure) in chosen {
         let figures = measure()
             .await
             .with_context(|| format!("measuring {name}"))?;
@@ -379,9 +385,11 @@ async fn audit_overhead() -> Result<Vec<Figure>> {
             .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
     };
     let logs = stack.logs();
+    // The host's output and the component's log file may both hold a line: each fetch's is unique.
+    let mut seen = HashSet::new();
     let timed: Vec<(f64, f64, f64)> = logs
         .lines()
-        .filter(|l| l.contains("fhir-fetch: ExplanationOfBenefit"))
+        .filter(|l| l.contains("fhir-fetch: ExplanationOfBenefit") && seen.insert(*l))
         .filter_map(|l| {
             Some((
                 field(l, "us")?,

@@ -152,26 +152,95 @@ async fn an_expiring_token_is_refreshed_and_concurrent_refreshes_keep_the_sessio
     assert_eq!(fetch_patient(&stack, &session).await.status(), 200);
 }
 
-#[tokio::test]
-async fn ending_a_session_revokes_it_at_cms() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
-    let signed_in = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
-    let session = signed_in["session"].as_str().unwrap().to_string();
-    let resp = beneficiary::client()
-        .delete(format!("{}/bluebutton/session", stack.base_url()))
-        .bearer_auth(&session)
+/// Whether CMS still holds `patient`'s data access grant for the app (the emulator answers 404 to
+/// expiring a grant it does not have; expiring is harmless here, the test is over for that grant).
+async fn grant_exists(stack: &Stack, patient: &str) -> bool {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}/_emulator/grants/{patient}/expire",
+            stack.cms.base_url()
+        ))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 204);
-    assert!(
-        stack.cms_counters().await["by_path"]["/v2/o/revoke/"]["200"]
-            .as_u64()
-            .is_some()
-    );
+    resp.status() == 200
+}
+
+#[tokio::test]
+async fn ending_a_session_revokes_its_tokens_and_with_grant_true_the_grant_at_cms() {
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let end = |session: String, query: &'static str| {
+        let url = format!("{}/bluebutton/session{query}", stack.base_url());
+        async move {
+            let resp = beneficiary::client()
+                .delete(url)
+                .bearer_auth(&session)
+                .send()
+                .await
+                .unwrap();
+            resp.status().as_u16()
+        }
+    };
+    let revoked = |path: &'static str| {
+        let stack = &stack;
+        async move { stack.cms_counters().await["by_path"][path]["200"].as_u64() }
+    };
+
+    // By default only the session's tokens: the beneficiary's grant stays at CMS.
+    let session = stack.session("BBUser29999").await;
+    assert_eq!(end(session.clone(), "").await, 204);
+    assert_eq!(revoked("/v2/o/revoke_token/").await, Some(1));
+    assert_eq!(revoked("/v2/o/revoke/").await, None);
     let (status, _) = problem(fetch_patient(&stack, &session).await).await;
     assert_eq!(status, 401);
     assert!(!stack.store_dump().contains("session:"));
+    assert!(grant_exists(&stack, BBUSER29999_PATIENT).await);
+
+    // `grant=true` ends the data access grant itself.
+    let session = stack.session("BBUser29999").await;
+    assert_eq!(end(session.clone(), "?grant=maybe").await, 400);
+    assert_eq!(end(session.clone(), "?grant=true").await, 204);
+    assert_eq!(revoked("/v2/o/revoke/").await, Some(1));
+    assert!(!grant_exists(&stack, BBUSER29999_PATIENT).await);
+    let (status, _) = problem(fetch_patient(&stack, &session).await).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_one_time_grant_ends_with_its_access_token_and_is_never_refreshed() {
+    let stack = Stack::start(
+        |o| {
+            o.one_time_app = true;
+            o.token_ttl_secs = 3;
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let granted = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    assert_eq!(granted["one_time"], true, "{granted}");
+    assert!(granted["access_grant_expiration"].as_str().unwrap().len() >= 20);
+    assert_eq!(granted["session_expires_at"], granted["expires_at"]);
+    let session = granted["session"].as_str().unwrap().to_string();
+    // Within its last minute (where a refreshable token would be renewed first) it still serves.
+    assert_eq!(fetch_patient(&stack, &session).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (status, detail) = problem(fetch_patient(&stack, &session).await).await;
+    assert_eq!(status, 401);
+    assert!(detail.contains("authorize again"), "{detail}");
+    assert_eq!(
+        e2e::token_requests(&stack.cms_counters().await),
+        1,
+        "the code exchange only: no refresh was tried"
+    );
+
+    // A 13-month app's callback says so too.
+    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    let granted = sign_in(&stack.base_url(), "BBUser29999").await.unwrap();
+    assert_eq!(granted["one_time"], false);
+    assert!(
+        granted["session_expires_at"].as_str().unwrap() > granted["expires_at"].as_str().unwrap()
+    );
 }
 
 #[tokio::test]
