@@ -3,7 +3,8 @@
 //! in-memory fakes ([`testing`], feature `testing`).
 //!
 //! The layers, each importing only those before it:
-//! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`], [`crypto`]: the ground;
+//! - [`ports`], [`error`], [`config`], [`keys`], [`retry`], [`fhir`], [`upstream`], [`crypto`]: the
+//!   ground;
 //! - [`store`]: sealed records with lifetimes, chunked blobs and ordered logs in the key-value store;
 //! - [`audit`]: the accounting of disclosures, every event a FHIR AuditEvent;
 //! - [`auth`]: the beneficiary's authorization, sessions and their tokens, and the admin key;
@@ -31,5 +32,6 @@ pub mod spin;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod upstream;
 
 pub use error::Error;

@@ -165,10 +165,16 @@ fn token_error(
                 "CMS's token endpoint could not be reached for the {what}; try again later"
             )))
         }
-        E::Parse(_, body) => TokenFailure::Failed(Error::BadGateway(format!(
-            "CMS's token endpoint sent an unreadable answer to the {what} ({} bytes)",
-            body.len()
-        ))),
+        // CMS's `{status_code, message}` shape is not OAuth's: its message says what went wrong.
+        E::Parse(_, body) => TokenFailure::Failed(Error::BadGateway(
+            match crate::upstream::error_detail(&body) {
+                Some(said) => format!("CMS's token endpoint refused the {what} ({status}): {said}"),
+                None => format!(
+                    "CMS's token endpoint sent an unreadable answer to the {what} ({} bytes)",
+                    body.len()
+                ),
+            },
+        )),
         E::Other(e) => {
             eprintln!("CMS's token endpoint, {what}: {e}");
             TokenFailure::Failed(Error::BadGateway(format!(

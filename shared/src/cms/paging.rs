@@ -3,7 +3,6 @@
 //! the token mid-fetch.
 
 use futures::stream::{self, LocalBoxStream, StreamExt};
-use serde_json::Value;
 use url::Url;
 
 use crate::auth::tokens::SharedToken;
@@ -197,10 +196,8 @@ async fn fetch_page_once(
         return Err(PageError::Unauthorized);
     }
     if !(200..300).contains(&status) {
-        let detail = serde_json::from_slice::<Value>(resp.body())
-            .ok()
-            .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| format!("{} bytes", resp.body().len()));
+        let detail = crate::upstream::error_detail(resp.body())
+            .unwrap_or_else(|| format!("an answer of {} bytes", resp.body().len()));
         return Err(PageError::Status(status, detail));
     }
     let bundle = Bundle::parse(resp.body()).map_err(|e| PageError::Body(e.to_string()))?;
