@@ -231,7 +231,6 @@ impl Event {
             "action": action,
             "recorded": recorded,
             "outcome": self.outcome.code(),
-            "outcomeDesc": self.outcome_desc,
             "purposeOfEvent": [{"coding": [coding(ACT_REASON, purpose.0, purpose.1)]}],
             "agent": agents,
             "source": {
@@ -240,6 +239,10 @@ impl Event {
                 "type": [coding(SOURCE_TYPE, "4", "Application Server")],
             },
         });
+        // FHIR strings are never empty.
+        if !self.outcome_desc.is_empty() {
+            event["outcomeDesc"] = self.outcome_desc.clone().into();
+        }
         if !entities.is_empty() {
             event["entity"] = Value::Array(entities);
         }
@@ -308,12 +311,14 @@ fn data_json(data: &Data) -> Value {
     let mut entity = json!({
         "type": coding(ENTITY_TYPE, "2", "System Object"),
         "role": role,
-        "description": data.resource_type,
     });
+    if !data.resource_type.is_empty() {
+        entity["description"] = data.resource_type.clone().into();
+    }
     if let Some(hash) = &data.ids_hash {
         entity["what"] = json!({"identifier": {"system": IDS_HASH_SYSTEM, "value": hash}});
     }
-    if let Some(query) = &data.query {
+    if let Some(query) = data.query.as_ref().filter(|q| !q.is_empty()) {
         use base64::Engine;
         entity["query"] = base64::engine::general_purpose::STANDARD
             .encode(query)
@@ -322,6 +327,7 @@ fn data_json(data: &Data) -> Value {
     let details: Vec<Value> = data
         .details
         .iter()
+        .filter(|(_, value)| !value.is_empty())
         .map(|(name, value)| json!({"type": name, "valueString": value}))
         .collect();
     if !details.is_empty() {

@@ -433,6 +433,7 @@ impl<'a, P: Platform> Delivery<'a, P> {
     ) {
         let Some(audit) = self.audit else { return };
         let mut types: Vec<&str> = items.iter().map(|i| i.resource_type.as_str()).collect();
+        types.sort_unstable();
         types.dedup();
         let mut details = vec![
             ("outbox", entry.id.clone()),
@@ -483,8 +484,10 @@ impl<'a, P: Platform> Delivery<'a, P> {
         if let Some(location) = location {
             details.push(("dataRecordLocation", location));
         }
+        // What was posted: a Bundle, or (resource mode) the resource its target names.
+        let resource_type = entry.target.rsplit('/').next().unwrap_or_default();
         let data = Data {
-            resource_type: "Bundle".into(),
+            resource_type: resource_type.to_string(),
             details,
             ..Data::default()
         };

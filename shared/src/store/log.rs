@@ -97,9 +97,10 @@ impl<'v, 'a, P: Backing> Log<'v, 'a, P> {
     }
 }
 
-/// How long a writer may take between taking a slot and writing its entry (two store writes in one
-/// request). A hole older than this is empty for good; a younger one may be an entry on its way.
-pub const WRITE_GRACE_SECS: i64 = 30;
+/// How long a writer may take between taking a slot and writing its entry: a few store writes, each
+/// of which may wait up to 10 s for a busy store, or (the audit trail) slots reserved up to 10 s
+/// before use. A hole older than this is empty for good; a younger one may be an entry on its way.
+pub const WRITE_GRACE_SECS: i64 = 60;
 
 /// The head key's value: `{head}` or `{head} {end} {at}`, where every slot below `end` had been handed
 /// out at `at` (Unix seconds).

@@ -152,6 +152,12 @@ impl AppHost {
             self.stop();
         }
         self.options.variables.extend_from_slice(extra);
+        // The killed group's last process can hold the listening socket for a moment after the
+        // group leader is reaped: Spin refuses a port in use, so wait until it is free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpListener::bind(self.addr).is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let (watchdog, stopped) = std::sync::mpsc::channel::<()>();
         self._watchdog = watchdog;
         self.launch(stopped).await

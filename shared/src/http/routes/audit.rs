@@ -86,13 +86,31 @@ pub async fn audit(
     let ctx = TokenContext::load(platform)?;
     let vault = Vault::new(platform, &ctx.key);
     let mut recorder = Audit::new(&vault, ctx.audit, Agent::App);
-    let (mut query, patient) = parse(&head.uri)?;
+    let (query, patient) = parse(&head.uri)?;
     let caller = bearer(&head.headers);
-    let listing = match admin_bearer(platform, caller)? {
+    let listing = read(&vault, &mut recorder, &ctx, caller, query, patient);
+    // Whatever the answer: authenticating may have ended an idle session, an event like any other.
+    audit_to_connect(&vault, &recorder, true).await;
+    let listing = listing?;
+    let url = full_url(head);
+    let next = listing.next.map(|before| page_url(&url, before));
+    Ok(no_store(bundle(&url, next.as_deref(), &listing.events)))
+}
+
+/// The caller's listing: the operator's choice, or the session's own patient's.
+fn read<'a, P: Platform>(
+    vault: &'a Vault<'a, P>,
+    recorder: &mut Audit<'a, P>,
+    ctx: &TokenContext,
+    caller: Option<&str>,
+    mut query: Query,
+    patient: Option<String>,
+) -> Result<audit::Listing, Error> {
+    let listing = match admin_bearer(vault.platform, caller)? {
         Some(admin) => {
             recorder.act_as(Agent::Admin(admin));
             query.patient = patient.filter(|p| !p.is_empty());
-            let listing = audit::list(&vault, &query)?;
+            let listing = audit::list(vault, &query)?;
             if let Some(patient) = &query.patient {
                 let desc = "an operator read this patient's accounting of disclosures";
                 let event = Event::new(Action::AdminRead, Outcome::Success, desc);
@@ -101,16 +119,13 @@ pub async fn audit(
             listing
         }
         None => {
-            let session = session::authenticate(&vault, &ctx.limits, caller, &recorder)?;
+            let session = session::authenticate(vault, &ctx.limits, caller, recorder)?;
             session.check_patient(patient.as_deref())?;
             query.patient = Some(session.patient().to_string());
-            audit::list(&vault, &query)?
+            audit::list(vault, &query)?
         }
     };
-    audit_to_connect(&vault, &recorder, true).await;
-    let url = full_url(head);
-    let next = listing.next.map(|before| page_url(&url, before));
-    Ok(no_store(bundle(&url, next.as_deref(), &listing.events)))
+    Ok(listing)
 }
 
 /// The same search, from `before` on.

@@ -115,6 +115,7 @@ async fn serve<'a, P: Platform>(
                 )));
             }
             let patient = query_param(&head.uri, "patient")
+                .map(|p| p.trim_start_matches("Patient/").to_string())
                 .filter(|p| !p.is_empty())
                 .unwrap_or_else(|| "-".into());
             let result = deliver(vault, audit, &patient, &resources).await?;

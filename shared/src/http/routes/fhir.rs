@@ -197,7 +197,11 @@ pub async fn fetch<W: ResponseWriter>(
         connect,
     } = match prepare(&vault, &audit, &ctx, head, resource_type) {
         Ok(prepared) => prepared,
-        Err(err) => return write_full(writer, err.into_response()),
+        Err(err) => {
+            // Authenticating may have ended an idle session, an event like any other.
+            audit_to_connect(&vault, &audit, true).await;
+            return write_full(writer, err.into_response());
+        }
     };
     audit.act_as(Agent::Session(session.hidden.clone()));
     let started = platform.now();
