@@ -23,9 +23,13 @@ use crate::keys::{self, logs};
 use crate::store::log::{Log, WRITE_GRACE_SECS};
 use crate::store::{Backing, Lifetime, RecordError, Vault};
 
-/// Expired records each request's first record sweeps on its way (each request ages a few records at
-/// most, so this keeps ahead of them).
-const SWEEP_PER_REQUEST: usize = 32;
+/// Every this many reservations of slots, the request that makes it sweeps expired records on its way
+/// (a sweep costs a few store calls: most requests do without).
+const SWEEP_EVERY_RESERVATIONS: u64 = 8;
+
+/// Expired records one sweep removes at most: more than the reservations between two sweeps hold, so
+/// the sweep keeps ahead of the trail.
+const SWEEP_LIMIT: usize = 256;
 
 /// Pointers of a patient's log a listing reads before it reads their ranges (a page usually needs the
 /// newest few).
@@ -80,6 +84,9 @@ struct OpenRange {
     hidden: String,
     /// Its pointer's slot in the patient's log.
     at: u64,
+    /// The pointer as the store holds it.
+    stored: Pointer,
+    /// The pointer as it must end: up to the last record written (`to` none: not one was).
     pointer: Pointer,
 }
 
@@ -104,7 +111,6 @@ pub struct Audit<'a, P: Backing> {
     /// Events recorded, and the time that took (for the request's log line and the bench).
     cost: Cell<(u32, time::Duration)>,
     ranges: RefCell<Vec<OpenRange>>,
-    swept: Cell<bool>,
     /// Slots reserved and not used yet, and when they were reserved.
     reserved: RefCell<(std::ops::Range<u64>, i64)>,
 }
@@ -118,7 +124,6 @@ impl<'a, P: Backing> Audit<'a, P> {
             recorded: RefCell::new(Vec::new()),
             cost: Cell::new((0, time::Duration::ZERO)),
             ranges: RefCell::new(Vec::new()),
-            swept: Cell::new(false),
             reserved: RefCell::new((0..0, 0)),
         }
     }
@@ -187,7 +192,7 @@ impl<'a, P: Backing> Audit<'a, P> {
         vault.platform.fill(&mut id);
         let json = event.to_fhir(&hex(&id), &self.agent, &recorded).to_string();
         let trail = Log::new(vault, logs::AUDIT);
-        let slot = self.next_slot(&trail, now.unix_timestamp())?;
+        let (slot, sweeps) = self.next_slot(&trail, now.unix_timestamp())?;
         let index = match &event.patient {
             Some(patient) => Some(self.range_for(&vault.hide("patient", patient), slot)?),
             None => None,
@@ -200,30 +205,52 @@ impl<'a, P: Backing> Audit<'a, P> {
         };
         vault.put(&trail.key(slot), &entry, Lifetime::Forever)?;
         if let Some((hidden, _)) = index {
-            // The range reaches a slot only once a record is there.
-            let mut ranges = self.ranges.borrow_mut();
-            if let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) {
-                range.pointer.to = Some(slot);
-            }
+            self.reached(&hidden, slot)?;
         }
-        if !self.swept.replace(true) {
+        if sweeps {
             // The record is written: a failing sweep is the store's trouble, said in the log.
-            if let Err(err) = sweep(vault, SWEEP_PER_REQUEST) {
+            if let Err(err) = sweep(vault, SWEEP_LIMIT) {
                 eprintln!("audit: the retention sweep failed: {err}");
             }
         }
         Ok(entry.event)
     }
 
-    /// The next of this request's reserved slots, reserving more when they are used up or old.
-    fn next_slot(&self, trail: &Log<'_, '_, P>, now: i64) -> Result<u64, Error> {
+    /// A record of the patient's is at `slot` now. The pointer was stored closed at the first one (a
+    /// request that records one event about a patient writes it once); a second one opens it, and the
+    /// end of the request closes it again.
+    fn reached(&self, hidden: &str, slot: u64) -> Result<(), Error> {
+        let mut ranges = self.ranges.borrow_mut();
+        let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) else {
+            return Ok(());
+        };
+        range.pointer.to = Some(slot);
+        if range.stored.to.is_some_and(|to| to < slot) {
+            let open = Pointer {
+                from: range.stored.from,
+                to: None,
+            };
+            let key = patient_log(self.vault, hidden).key(range.at);
+            self.vault.put(&key, &open, Lifetime::Forever)?;
+            range.stored = open;
+        }
+        Ok(())
+    }
+
+    /// The next of this request's reserved slots, reserving more when they are used up or old; and
+    /// whether this reservation is the one that sweeps.
+    fn next_slot(&self, trail: &Log<'_, '_, P>, now: i64) -> Result<(u64, bool), Error> {
         let mut reserved = self.reserved.borrow_mut();
+        let mut sweeps = false;
         if reserved.0.is_empty() || now - reserved.1 > RESERVATION_SECS {
-            *reserved = (trail.reserve(SLOTS_PER_RESERVATION)?, now);
+            let block = trail.reserve(SLOTS_PER_RESERVATION)?;
+            let nth = (block.start - 1) / SLOTS_PER_RESERVATION;
+            sweeps = nth.is_multiple_of(SWEEP_EVERY_RESERVATIONS);
+            *reserved = (block, now);
         }
         let slot = reserved.0.start;
         reserved.0.start += 1;
-        Ok(slot)
+        Ok((slot, sweeps))
     }
 
     /// The patient's pointer to this request's range, which now reaches `slot`: the first event about
@@ -235,15 +262,19 @@ impl<'a, P: Backing> Audit<'a, P> {
         }
         let log = patient_log(self.vault, hidden);
         let at = log.append()?;
-        let pointer = Pointer {
+        let stored = Pointer {
             from: slot,
-            to: None,
+            to: Some(slot),
         };
-        self.vault.put(&log.key(at), &pointer, Lifetime::Forever)?;
+        self.vault.put(&log.key(at), &stored, Lifetime::Forever)?;
         ranges.push(OpenRange {
             hidden: hidden.to_string(),
             at,
-            pointer,
+            stored,
+            pointer: Pointer {
+                from: slot,
+                to: None,
+            },
         });
         Ok((hidden.to_string(), at))
     }
@@ -255,6 +286,7 @@ impl<P: Backing> Drop for Audit<'_, P> {
         for range in std::mem::take(self.ranges.get_mut()) {
             let key = patient_log(self.vault, &range.hidden).key(range.at);
             let closed = match range.pointer.to {
+                Some(to) if range.stored.to == Some(to) => Ok(()),
                 Some(_) => self.vault.put(&key, &range.pointer, Lifetime::Forever),
                 // Not one record of the range was written: it points at nothing.
                 None => self.vault.delete(&key),

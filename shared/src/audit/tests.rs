@@ -130,15 +130,20 @@ fn records_are_swept_after_their_retention_with_their_pointers() {
     assert!(keys
         .iter()
         .all(|k| k.ends_with(":n") || k.ends_with(":head")));
-    // A request's first record sweeps on its way too.
-    record(3);
+    // Requests sweep on their own, one reservation in eight: the 9th request's is one.
+    for n in 3..9 {
+        record(n);
+    }
     p.advance(Duration::from_secs(86_400 + 1));
-    record(4);
-    assert_eq!(
-        descs(&list(&vault, &query(Some("-1"), 10)).unwrap()),
-        [r#""read 4""#]
-    );
-    assert_eq!(p.stored_keys().len(), keys.len() + 2);
+    assert_eq!(pointers_in(&p), 6);
+    // The 17th reservation sweeps again.
+    for n in 9..17 {
+        record(n);
+    }
+    let listed = descs(&list(&vault, &query(Some("-1"), 100)).unwrap());
+    assert_eq!(listed.len(), 8, "{listed:?}");
+    assert_eq!(listed[0], r#""read 16""#);
+    assert_eq!(pointers_in(&p), 8, "the expired went with their records");
 }
 
 #[test]
@@ -187,8 +192,8 @@ fn one_request_leaves_one_pointer_and_interleaved_requests_stay_apart() {
 
     // Past their retention the records go, and the pointers with them, the crashed request's too.
     p.advance(Duration::from_secs(2191 * 86_400));
-    Audit::new(&vault, settings(2190), Agent::App).record(read("-3", 0));
-    assert_eq!(pointers_in(&p), 1, "only the new request's");
+    sweep(&vault, 100).unwrap();
+    assert_eq!(pointers_in(&p), 0);
     assert!(list(&vault, &query(Some("-1"), 100))
         .unwrap()
         .events
