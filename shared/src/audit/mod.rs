@@ -205,7 +205,7 @@ impl<'a, P: Backing> Audit<'a, P> {
         };
         vault.put(&trail.key(slot), &entry, Lifetime::Forever)?;
         if let Some((hidden, _)) = index {
-            self.reached(&hidden, slot)?;
+            self.reached(&hidden, slot);
         }
         if sweeps {
             // The record is written: a failing sweep is the store's trouble, said in the log.
@@ -216,25 +216,12 @@ impl<'a, P: Backing> Audit<'a, P> {
         Ok(entry.event)
     }
 
-    /// A record of the patient's is at `slot` now. The pointer was stored closed at the first one (a
-    /// request that records one event about a patient writes it once); a second one opens it, and the
-    /// end of the request closes it again.
-    fn reached(&self, hidden: &str, slot: u64) -> Result<(), Error> {
+    /// A record of the patient's is at `slot` now: the range ends there, for the moment.
+    fn reached(&self, hidden: &str, slot: u64) {
         let mut ranges = self.ranges.borrow_mut();
-        let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) else {
-            return Ok(());
-        };
-        range.pointer.to = Some(slot);
-        if range.stored.to.is_some_and(|to| to < slot) {
-            let open = Pointer {
-                from: range.stored.from,
-                to: None,
-            };
-            let key = patient_log(self.vault, hidden).key(range.at);
-            self.vault.put(&key, &open, Lifetime::Forever)?;
-            range.stored = open;
+        if let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) {
+            range.pointer.to = Some(slot);
         }
-        Ok(())
     }
 
     /// The next of this request's reserved slots, reserving more when they are used up or old; and
@@ -253,11 +240,22 @@ impl<'a, P: Backing> Audit<'a, P> {
         Ok((slot, sweeps))
     }
 
-    /// The patient's pointer to this request's range, which now reaches `slot`: the first event about
-    /// them in this request writes it (open), the end of the request closes it.
+    /// The patient's pointer to this request's range, which is about to reach `slot`. The pointer is
+    /// stored closed at the first record (a request that records one event about a
+    /// patient writes it once); before a second record is written it is stored open, so a crash
+    /// leaves it open, and the end of the request closes it again.
     fn range_for(&self, hidden: &str, slot: u64) -> Result<(String, u64), Error> {
         let mut ranges = self.ranges.borrow_mut();
-        if let Some(range) = ranges.iter().find(|r| r.hidden == hidden) {
+        if let Some(range) = ranges.iter_mut().find(|r| r.hidden == hidden) {
+            if range.stored.to.is_some_and(|to| to < slot) {
+                let open = Pointer {
+                    from: range.stored.from,
+                    to: None,
+                };
+                let key = patient_log(self.vault, hidden).key(range.at);
+                self.vault.put(&key, &open, Lifetime::Forever)?;
+                range.stored = open;
+            }
             return Ok((hidden.to_string(), range.at));
         }
         let log = patient_log(self.vault, hidden);
