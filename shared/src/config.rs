@@ -2,6 +2,7 @@
 //! bounds are written here once; a missing or malformed one is an `Error::Config` naming it (a clear
 //! 500), never a panic.
 
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::Error;
@@ -175,10 +176,52 @@ impl SessionLimits {
     }
 }
 
+/// Which Blue Button API the app talks to (`cms_api_version`). Paths, scopes, paging and error bodies
+/// follow it, and everything stored about a patient is keyed by it: v2 and v3 name the same
+/// beneficiary and claims by different ids, so their data never mix.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersion {
+    #[default]
+    V2,
+    V3,
+}
+
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V2 => "v2",
+            ApiVersion::V3 => "v3",
+        }
+    }
+
+    /// `rest` (which starts with `/`) under this version on CMS: `/v3/o/token/`, say.
+    pub fn path(self, rest: &str) -> String {
+        format!("/{}{rest}", self.as_str())
+    }
+
+    pub fn load(vars: &impl Variables) -> Result<ApiVersion, Error> {
+        match optional(vars, "cms_api_version")?.as_deref() {
+            None | Some("v2") => Ok(ApiVersion::V2),
+            Some("v3") => Ok(ApiVersion::V3),
+            Some(other) => Err(Error::Config(format!(
+                "`cms_api_version` must be `v2` or `v3`, not `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The OAuth client settings that `authorize`, `callback` and `fhir-fetch` share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuthClient {
     pub cms_base_url: String,
+    pub api_version: ApiVersion,
     pub client_id: String,
     pub redirect_uri: String,
     pub scopes: Option<String>,
@@ -189,11 +232,22 @@ impl OAuthClient {
         let redirect_uri = required(vars, "redirect_uri")?;
         Url::parse(&redirect_uri)
             .map_err(|e| Error::Config(format!("`redirect_uri` is not a URL ({e})")))?;
+        let api_version = ApiVersion::load(vars)?;
+        let scopes = optional(vars, "cms_scopes")?;
+        if api_version == ApiVersion::V3 && scopes.is_none() {
+            return Err(Error::Config(
+                "`cms_scopes` is empty, but Blue Button v3 refuses an authorization without a \
+                 scope: set it, e.g. to `openid profile patient/Patient.rs patient/Coverage.rs \
+                 patient/ExplanationOfBenefit.rs`"
+                    .into(),
+            ));
+        }
         Ok(OAuthClient {
             cms_base_url: origin(vars, "cms_base_url")?,
+            api_version,
             client_id: required(vars, "cms_client_id")?,
             redirect_uri,
-            scopes: optional(vars, "cms_scopes")?,
+            scopes,
         })
     }
 }
@@ -299,6 +353,26 @@ mod tests {
         let err = OAuthClient::load(&p).unwrap_err();
         assert!(err.to_string().contains("cms_base_url"), "{err}");
         assert!(matches!(err, Error::Config(_)));
+    }
+
+    #[test]
+    fn v3_needs_scopes_and_versions_are_named() {
+        let p = FakePlatform::new()
+            .with_var("cms_base_url", "https://sandbox.bluebutton.cms.gov")
+            .with_var("redirect_uri", "http://127.0.0.1:3000/bluebutton/callback")
+            .with_var("cms_client_id", "id");
+        assert_eq!(OAuthClient::load(&p).unwrap().api_version, ApiVersion::V2);
+        let p = p.with_var("cms_api_version", "v3");
+        let err = OAuthClient::load(&p).unwrap_err();
+        assert!(err.to_string().contains("cms_scopes"), "{err}");
+        let p = p.with_var("cms_scopes", "patient/Patient.rs");
+        assert_eq!(OAuthClient::load(&p).unwrap().api_version, ApiVersion::V3);
+        let p = p.with_var("cms_api_version", "v4");
+        assert!(OAuthClient::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("`v4`"));
+        assert_eq!(ApiVersion::V3.path("/o/token/"), "/v3/o/token/");
     }
 
     #[test]

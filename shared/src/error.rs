@@ -32,6 +32,10 @@ pub enum Error {
     BadGateway(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    /// CMS refused with a FHIR `OperationOutcome` (v3 passes its backend's through): the caller gets
+    /// CMS's status and words, as if it had asked CMS itself.
+    #[error("{detail}")]
+    Outcome { status: u16, detail: String },
 }
 
 impl Error {

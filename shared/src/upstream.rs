@@ -41,6 +41,17 @@ pub fn error_detail(body: &[u8]) -> Option<String> {
     Some(scrub(&text))
 }
 
+/// Whether `body` is a FHIR OperationOutcome (what v3 passes through from its backend, status and all).
+pub fn is_operation_outcome(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: Option<&'a str>,
+    }
+    serde_json::from_slice::<Typed>(body)
+        .is_ok_and(|typed| typed.resource_type == Some("OperationOutcome"))
+}
+
 /// `text` without URLs, and no longer than [`MAX_DETAIL_CHARS`].
 fn scrub(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -94,6 +105,8 @@ mod tests {
             "User data access grant not found"
         );
         assert_eq!(error_detail(b"<html>502</html>"), None);
+        assert!(is_operation_outcome(outcome));
+        assert!(!is_operation_outcome(br#"{"detail":"Not found."}"#));
         assert_eq!(
             error_detail(br#"{"resourceType":"OperationOutcome","issue":[]}"#),
             None

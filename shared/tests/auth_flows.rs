@@ -79,6 +79,14 @@ struct FakeCms {
     revoked: bool,
     /// Refresh-token grants asked for (granted or not).
     refreshes: u32,
+    /// The beneficiary's claims, paged the way v3 pages them.
+    eobs: usize,
+    /// `next` links carry an opaque cursor instead of `_offset` (nothing to guess from).
+    cursor_links: bool,
+    /// EOB page requests served.
+    eob_requests: u32,
+    /// The next FHIR request answers this status with an OperationOutcome, as v3 passes BFD's on.
+    outcome_next: Option<u16>,
 }
 
 fn token_json(cms: &mut FakeCms, ttl: i64) -> Value {
@@ -89,7 +97,7 @@ fn token_json(cms: &mut FakeCms, ttl: i64) -> Value {
         "access_token": format!("access-{}", cms.issued),
         "expires_in": ttl,
         "token_type": "Bearer",
-        "scope": "patient/Patient.rs",
+        "scope": "patient/Patient.rs patient/ExplanationOfBenefit.rs",
         "refresh_token": refresh,
         "patient": "-20140000010000",
         "access_grant_expiration": "2027-12-29T21:20:00Z",
@@ -112,7 +120,9 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
         if let Some(status) = cms.fail_next.pop() {
             return respond(status, json!({"detail": "injected"}));
         }
-        if req.uri().path().starts_with("/v2/fhir/") {
+        // Both versions answer alike here; the v3 paging rules are in `eob_page`.
+        let path = req.uri().path().replacen("/v3/", "/v2/", 1);
+        if path.starts_with("/v2/fhir/") {
             // A one-entry Patient bundle for the live access token.
             let auth = req.headers()["authorization"].to_str().unwrap();
             if cms.revoked || auth != format!("Bearer access-{}", cms.issued) {
@@ -120,6 +130,15 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
                     401,
                     json!({"detail": "Authentication credentials were not provided."}),
                 );
+            }
+            if let Some(status) = cms.outcome_next.take() {
+                let issue = json!({"severity": "error", "code": "processing",
+                    "diagnostics": "Invalid _lastUpdated at https://bfd.internal:7443/v3/fhir"});
+                return respond(status, json!({"resourceType": "OperationOutcome", "issue": [issue]}));
+            }
+            if path == "/v2/fhir/ExplanationOfBenefit/" {
+                cms.eob_requests += 1;
+                return respond(200, eob_page(&cms, req.uri()));
             }
             return respond(
                 200,
@@ -136,7 +155,7 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
             return respond(401, json!({"error": "invalid_client"}));
         }
         let f = form(req);
-        match (req.uri().path(), f.get("grant_type").map(String::as_str)) {
+        match (path.as_str(), f.get("grant_type").map(String::as_str)) {
             ("/v2/o/token/", Some("authorization_code")) => {
                 let Some(challenge) = cms.challenges.remove(&f["code"]) else {
                     return respond(400, json!({"error": "invalid_grant"}));
@@ -170,6 +189,50 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
         }
     });
     cms
+}
+
+/// A v3 EOB page: by `_offset` (or the fake's cursor), with only a `next` link on CMS's origin, a
+/// `self` link on BFD's internal host, and `total` as BFD and HAPI leave it: the page size while more
+/// follow, the page's own count on the last.
+fn eob_page(cms: &FakeCms, uri: &http::Uri) -> Value {
+    let url = url::Url::parse(&uri.to_string()).unwrap();
+    let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let count: usize = q.get("_count").map_or(10, |c| c.parse().unwrap());
+    let offset: usize = match (q.get("_offset"), q.get("cursor")) {
+        (Some(o), _) => o.parse().unwrap(),
+        (None, Some(c)) => c.trim_start_matches("opaque").parse().unwrap(),
+        (None, None) => 0,
+    };
+    let end = (offset + count).min(cms.eobs);
+    let entries: Vec<Value> = (offset..end)
+        .map(|i| {
+            json!({"resource": {"resourceType": "ExplanationOfBenefit", "id": format!("{i}"),
+                                      "patient": {"reference": "Patient/-20140000010000"}}})
+        })
+        .collect();
+    let mut internal = url.clone();
+    internal.set_host(Some("bfd.internal")).unwrap();
+    let mut links = vec![json!({"relation": "self", "url": internal.as_str()})];
+    if end < cms.eobs {
+        let mut next = url.clone();
+        let (param, value) = match cms.cursor_links {
+            true => ("cursor", format!("opaque{end}")),
+            false => ("_offset", end.to_string()),
+        };
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .into_owned()
+            .filter(|(name, _)| name != "_offset" && name != "cursor")
+            .collect();
+        next.query_pairs_mut()
+            .clear()
+            .extend_pairs(kept)
+            .append_pair(param, &value);
+        links.push(json!({"relation": "next", "url": next.as_str()}));
+    }
+    let total = if end < cms.eobs { count } else { entries.len() };
+    json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links,
+           "entry": entries})
 }
 
 /// Runs authorize, lets the fake CMS issue a code for the challenge, and returns the callback query.
@@ -211,7 +274,10 @@ fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
     assert_eq!(resp.headers()["cache-control"], "no-store");
     let body = json_body(&resp);
     assert_eq!(body["patient"], "-20140000010000");
-    assert_eq!(body["scope"], "patient/Patient.rs");
+    assert_eq!(
+        body["scope"],
+        "patient/Patient.rs patient/ExplanationOfBenefit.rs"
+    );
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
     let session = body["session"].as_str().unwrap();
     assert!(
@@ -461,4 +527,90 @@ fn another_patients_id_is_forbidden() {
         .body(Vec::new())
         .unwrap();
     assert_eq!(serve(&p, FhirFetch, req).status(), 403);
+}
+
+fn eob_ids(p: &FakePlatform, session: &str) -> Vec<String> {
+    let req = http::Request::get("/bluebutton/fhir/ExplanationOfBenefit?push=false")
+        .header("spin-path-info", "/ExplanationOfBenefit")
+        .header("Authorization", format!("Bearer {session}"))
+        .body(Vec::new())
+        .unwrap();
+    let resp = serve(p, FhirFetch, req);
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(resp.body())
+    );
+    let bundle = json_body(&resp);
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(bundle["total"], entries.len());
+    entries
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn v3() -> FakePlatform {
+    platform()
+        .with_var("cms_api_version", "v3")
+        .with_var("page_size", "5")
+        .with_var("fetch_concurrency", "4")
+}
+
+#[test]
+fn v3_pages_follow_next_not_total_and_offsets_are_fetched_ahead_exactly() {
+    let p = v3();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    for eobs in [23, 25, 3, 0] {
+        cms.borrow_mut().eobs = eobs;
+        cms.borrow_mut().eob_requests = 0;
+        let every: Vec<String> = (0..eobs).map(|i| i.to_string()).collect();
+        assert_eq!(eob_ids(&p, &session), every, "{eobs}");
+        let pages = eobs.div_ceil(5).max(1) as u32;
+        // The guesses past the end cost at most concurrency − 1 requests.
+        let requests = cms.borrow().eob_requests;
+        assert!((pages..pages + 4).contains(&requests), "{eobs}: {requests}");
+    }
+    cms.borrow_mut().eobs = 23;
+    // Every request went to /v3/ on CMS's own origin, never to BFD's host named by `self`.
+    assert!(p.sent.borrow().iter().all(|r| {
+        let uri = r.uri().to_string();
+        uri.starts_with("https://cms.test/v3/")
+    }));
+}
+
+#[test]
+fn v3_cursor_links_are_followed_one_by_one() {
+    let p = v3();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    cms.borrow_mut().eobs = 17;
+    cms.borrow_mut().cursor_links = true;
+    let expected: Vec<String> = (0..17).map(|i| i.to_string()).collect();
+    assert_eq!(eob_ids(&p, &session), expected);
+    assert_eq!(cms.borrow().eob_requests, 4);
+}
+
+#[test]
+fn a_v3_operation_outcome_keeps_its_status_and_diagnostics_without_internal_hosts() {
+    let p = v3();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    for status in [400, 404, 422] {
+        cms.borrow_mut().outcome_next = Some(status);
+        let resp = fhir(&p, &session);
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let problem = json_body(&resp);
+        assert_eq!(problem["status"], status);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("error: Invalid _lastUpdated at (a URL)"),
+            "{detail}"
+        );
+        assert!(!detail.contains("bfd.internal"), "{detail}");
+    }
+    assert_eq!(fhir(&p, &session).status(), 200);
 }

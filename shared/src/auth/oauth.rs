@@ -83,7 +83,8 @@ pub fn authorize_url(
     let challenge =
         PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.to_string()));
     let state = CsrfToken::new(state.to_string());
-    let mut url = Url::parse(&format!("{}/v2/o/authorize/", client.cms_base_url))
+    let authorize = client.api_version.path("/o/authorize/");
+    let mut url = Url::parse(&format!("{}{authorize}", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form a URL: {e}")))?;
     {
         let mut query = url.query_pairs_mut();
@@ -128,7 +129,8 @@ type CmsClient = oauth2::Client<
 >;
 
 fn cms_client(client: &OAuthClient, secret: &str) -> Result<CmsClient, Error> {
-    let token_url = oauth2::TokenUrl::new(format!("{}/v2/o/token/", client.cms_base_url))
+    let token = client.api_version.path("/o/token/");
+    let token_url = oauth2::TokenUrl::new(format!("{}{token}", client.cms_base_url))
         .map_err(|e| Error::Config(format!("`cms_base_url` cannot form the token URL: {e}")))?;
     let redirect = oauth2::RedirectUrl::new(client.redirect_uri.clone())
         .map_err(|e| Error::Config(format!("`redirect_uri` is not a URL: {e}")))?;
@@ -321,10 +323,10 @@ pub async fn refresh<P: Platform>(
 /// What a revocation ends at CMS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
-    /// The session's tokens (RFC 7009 `/v2/o/revoke_token/`, with the refresh token, which takes its
+    /// The session's tokens (RFC 7009 `/o/revoke_token/`, with the refresh token, which takes its
     /// access token along; the access token itself for a ONE_TIME grant). The beneficiary's grant stays.
     Tokens,
-    /// The beneficiary's data access grant for this app (`/v2/o/revoke/`): every token of theirs goes,
+    /// The beneficiary's data access grant for this app (`/o/revoke/`): every token of theirs goes,
     /// and the app may not read their data again until they consent again.
     Grant,
 }
@@ -340,14 +342,15 @@ pub async fn revoke<P: Platform>(
     use base64::engine::general_purpose::STANDARD;
     let (path, token) = match what {
         Revocation::Tokens => (
-            "/v2/o/revoke_token/",
+            "/o/revoke_token/",
             tokens
                 .refresh_token
                 .as_ref()
                 .unwrap_or(&tokens.access_token),
         ),
-        Revocation::Grant => ("/v2/o/revoke/", &tokens.access_token),
+        Revocation::Grant => ("/o/revoke/", &tokens.access_token),
     };
+    let path = client.api_version.path(path);
     let body = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("token", token)
         .finish();
@@ -383,6 +386,7 @@ mod tests {
     fn client() -> OAuthClient {
         OAuthClient {
             cms_base_url: "https://sandbox.bluebutton.cms.gov".into(),
+            api_version: Default::default(),
             client_id: "client id&x".into(),
             redirect_uri: "http://127.0.0.1:3000/bluebutton/callback?a=b".into(),
             scopes: Some("patient/Patient.rs openid".into()),

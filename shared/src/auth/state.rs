@@ -143,6 +143,7 @@ mod tests {
     fn client() -> OAuthClient {
         OAuthClient {
             cms_base_url: "https://sandbox.bluebutton.cms.gov".into(),
+            api_version: Default::default(),
             client_id: "client".into(),
             redirect_uri: "http://127.0.0.1:3000/bluebutton/callback".into(),
             scopes: None,

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use crate::config::FetchLimits;
+use crate::config::{ApiVersion, FetchLimits};
 use crate::error::Error;
 use crate::fhir::ResourceType;
 
@@ -157,14 +157,28 @@ pub struct SearchRequest {
 }
 
 impl SearchRequest {
+    /// Whether CMS pages this search. v3 answers Patient and Coverage whole, and refuses paging
+    /// parameters there (HAPI's 400).
+    pub fn paged(&self, version: ApiVersion) -> bool {
+        version == ApiVersion::V2 || self.resource_type == ResourceType::ExplanationOfBenefit
+    }
+
     /// The URL of the page starting at entry `start` (the first page has none).
-    pub fn page_url(&self, base: &str, patient: &str, start: Option<u64>) -> String {
-        let mut url = Url::parse(&format!("{base}/v2/fhir/{}/", self.resource_type))
-            .expect("the base URL was validated");
+    pub fn page_url(
+        &self,
+        base: &str,
+        version: ApiVersion,
+        patient: &str,
+        start: Option<u64>,
+    ) -> String {
+        let path = version.path(&format!("/fhir/{}/", self.resource_type));
+        let mut url = Url::parse(&format!("{base}{path}")).expect("the base URL was validated");
         {
             let mut q = url.query_pairs_mut();
             q.append_pair(self.resource_type.patient_param(), patient);
-            q.append_pair("_count", &self.limits.page_size.to_string());
+            if self.paged(version) {
+                q.append_pair("_count", &self.limits.page_size.to_string());
+            }
             for (name, value) in &self.filters {
                 q.append_pair(name, value);
             }
@@ -327,11 +341,20 @@ mod tests {
                 ("type".into(), "carrier,pde".into()),
             ],
         };
-        let url = search.page_url("https://cms.test", "-1", Some(100));
+        let url = search.page_url("https://cms.test", ApiVersion::V2, "-1", Some(100));
         assert_eq!(
             url,
             "https://cms.test/v2/fhir/ExplanationOfBenefit/?patient=-1&_count=50\
              &_lastUpdated=gt2024-01-01&type=carrier%2Cpde&startIndex=100"
+        );
+        let coverage = SearchRequest {
+            resource_type: ResourceType::Coverage,
+            ..search
+        };
+        assert_eq!(
+            coverage.page_url("https://cms.test", ApiVersion::V3, "-3", None),
+            "https://cms.test/v3/fhir/Coverage/?beneficiary=-3\
+             &_lastUpdated=gt2024-01-01&type=carrier%2Cpde"
         );
     }
 }

@@ -133,8 +133,11 @@ fn check_settings(platform: &impl Platform, check: Check, health: &mut Health) {
 async fn reach(platform: &impl Platform, upstream: Upstream) -> String {
     let (variable, path) = match upstream {
         // Public, cheap, and what CMS serves to anyone.
-        Upstream::Cms => ("cms_base_url", "/v2/fhir/metadata"),
-        Upstream::Connect => ("connect_url", "/status"),
+        Upstream::Cms => match config::ApiVersion::load(platform) {
+            Ok(version) => ("cms_base_url", version.path("/fhir/metadata")),
+            Err(err) => return format!("not checked: {err}"),
+        },
+        Upstream::Connect => ("connect_url", "/status".to_string()),
     };
     let origin = match config::origin(platform, variable) {
         Ok(origin) => origin,

@@ -32,6 +32,8 @@ impl Error {
             Error::Config(_) | Error::Store(_) => 500,
             Error::BadGateway(_) => 502,
             Error::GatewayTimeout(_) => 504,
+            // Only an error status is ever kept (a 2xx or 3xx never becomes an `Outcome`).
+            Error::Outcome { status, .. } => *status,
         }
     }
 
@@ -47,6 +49,7 @@ impl Error {
             Error::Store(_) => ("storage", "Key-value store failure"),
             Error::BadGateway(_) => ("upstream", "Upstream failure"),
             Error::GatewayTimeout(_) => ("upstream-timeout", "Upstream timed out"),
+            Error::Outcome { .. } => ("cms-outcome", "CMS refused the request"),
         }
     }
 
