@@ -614,3 +614,25 @@ fn a_v3_operation_outcome_keeps_its_status_and_diagnostics_without_internal_host
     }
     assert_eq!(fhir(&p, &session).status(), 200);
 }
+
+#[test]
+fn a_session_works_only_on_the_api_version_that_issued_it() {
+    let p = platform();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    // The operator moves the app to v3; the store (shared by the clone) keeps the v2 session.
+    let moved = p.clone().with_var("cms_api_version", "v3");
+    let resp = fhir(&moved, &session);
+    assert_eq!(resp.status(), 401);
+    let detail = json_body(&resp)["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("issued on Blue Button v2, and this app now uses v3"),
+        "{detail}"
+    );
+    let fresh = login(&moved, &cms);
+    assert_eq!(fhir(&moved, &fresh).status(), 200);
+    // Back on v2, the v3 session is refused in turn; the v2 one was kept, and serves while CMS
+    // honours its tokens (this fake keeps refresh tokens across sign-ins).
+    assert_eq!(fhir(&p, &fresh).status(), 401);
+    assert_eq!(fhir(&p, &session).status(), 200);
+}

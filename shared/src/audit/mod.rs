@@ -194,7 +194,7 @@ impl<'a, P: Backing> Audit<'a, P> {
         let trail = Log::new(vault, logs::AUDIT);
         let (slot, sweeps) = self.next_slot(&trail, now.unix_timestamp())?;
         let index = match &event.patient {
-            Some(patient) => Some(self.range_for(&vault.hide("patient", patient), slot)?),
+            Some(patient) => Some(self.range_for(&vault.hide_patient(patient), slot)?),
             None => None,
         };
         let entry = Entry {
@@ -405,7 +405,7 @@ pub fn list<P: Backing>(vault: &Vault<'_, P>, query: &Query) -> Result<Listing, 
         page.read(span.start, end)?;
         return Ok(page.finish());
     };
-    let hidden = vault.hide("patient", patient);
+    let hidden = vault.hide_patient(patient);
     page.hidden = Some(hidden.clone());
     let own = patient_log(vault, &hidden);
     let mut walk = own.walk()?;

@@ -239,6 +239,7 @@ async fn token_http<P: Platform>(
 
 fn token_set(
     platform: &impl Clock,
+    client: &OAuthClient,
     resp: CmsTokenResponse,
     fallback: Option<&TokenSetHint>,
 ) -> Result<TokenSet, Error> {
@@ -268,6 +269,7 @@ fn token_set(
             .access_grant_expiration
             .clone()
             .or_else(|| fallback.and_then(|f| f.access_grant_expiration.clone())),
+        api_version: client.api_version,
     })
 }
 
@@ -291,7 +293,7 @@ pub async fn exchange_code<P: Platform>(
         .request_async(&http)
         .await
         .map_err(|e| token_error("code exchange", status.get(), e))?;
-    token_set(platform, resp, None).map_err(TokenFailure::Failed)
+    token_set(platform, client, resp, None).map_err(TokenFailure::Failed)
 }
 
 /// Uses the refresh token; CMS rotates it, so the answer's refresh token replaces the old one.
@@ -317,7 +319,7 @@ pub async fn refresh<P: Platform>(
         .request_async(&http)
         .await
         .map_err(|e| token_error("token refresh", status.get(), e))?;
-    token_set(platform, resp, Some(current)).map_err(TokenFailure::Failed)
+    token_set(platform, client, resp, Some(current)).map_err(TokenFailure::Failed)
 }
 
 /// What a revocation ends at CMS.

@@ -8,7 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Action, Audit, Event, Outcome};
-use crate::config::SessionLimits;
+use crate::config::{ApiVersion, SessionLimits};
 use crate::error::Error;
 use crate::keys::{self, logs};
 use crate::store::log::Log;
@@ -24,6 +24,9 @@ pub struct TokenSet {
     pub scope: String,
     pub patient: String,
     pub access_grant_expiration: Option<String>,
+    /// The API that issued them: CMS knows the beneficiary by another id on the other one.
+    #[serde(default)]
+    pub api_version: ApiVersion,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -31,6 +34,7 @@ impl std::fmt::Debug for TokenSet {
         f.debug_struct("TokenSet")
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
+            .field("api_version", &self.api_version)
             .finish_non_exhaustive()
     }
 }
@@ -235,6 +239,14 @@ pub fn authenticate<P: Backing>(
         )
     })?;
     let session = load(vault, &hide_bearer(vault, bearer))?.ok_or_else(unknown)?;
+    let issued_by = session.tokens().api_version;
+    if issued_by != vault.version() {
+        return Err(Error::Unauthorized(format!(
+            "this session was issued on Blue Button {issued_by}, and this app now uses {}, where \
+             CMS knows the beneficiary by another id: authorize again",
+            vault.version()
+        )));
+    }
     if !use_or_expire(vault, limits, &session, audit)? {
         return Err(Error::Unauthorized(format!(
             "this session was unused for more than {} seconds and has ended: authorize again",
@@ -317,6 +329,8 @@ pub fn newest_by_patient<P: Backing>(
             continue;
         };
         let session = match load(vault, &entry.hidden)? {
+            // Kept for when the app goes back to the API that issued it; useless until then.
+            Some(session) if session.tokens().api_version != vault.version() => continue,
             Some(session) if use_or_expire_quietly(vault, limits, &session, audit)? => session,
             // Ended for being idle: `end` removed its entry.
             Some(_) => {
@@ -374,6 +388,7 @@ pub(crate) mod tests {
             scope: "patient/Patient.rs".into(),
             patient: patient.into(),
             access_grant_expiration: Some("2027-12-29T21:20:00Z".into()),
+            api_version: ApiVersion::V2,
         }
     }
 

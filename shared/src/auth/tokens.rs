@@ -46,6 +46,11 @@ impl TokenContext {
             audit: AuditSettings::load(platform)?,
         })
     }
+
+    /// The store, for data from the API version this app talks to.
+    pub fn vault<'a, P: Platform>(&'a self, platform: &'a P) -> Vault<'a, P> {
+        Vault::new(platform, &self.key).on(self.client.api_version)
+    }
 }
 
 /// The session's access token, refreshed first if it is due or if CMS just `refused` it.

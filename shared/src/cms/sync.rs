@@ -85,7 +85,7 @@ pub async fn run<P: Platform>(
     let ctx = TokenContext::load(platform)?;
     let connect = ConnectSettings::load(platform)?;
     let limits = FetchLimits::load(platform)?;
-    let vault = Vault::new(platform, &ctx.key);
+    let vault = ctx.vault(platform);
     let audit = Audit::new(&vault, ctx.audit, Agent::Sync(admin));
     let report = run_with(&vault, &audit, &ctx, connect, limits, only).await;
     audit_to_connect(&vault, &audit, true).await;

@@ -21,7 +21,7 @@ struct Cursor {
 }
 
 fn key<P: Backing>(vault: &Vault<'_, P>, patient: &str, resource_type: ResourceType) -> String {
-    keys::cursor(&vault.hide("patient", patient), resource_type.as_str())
+    keys::cursor(&vault.hide_patient(patient), resource_type.as_str())
 }
 
 pub fn load<P: Backing>(

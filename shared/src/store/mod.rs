@@ -8,6 +8,7 @@ pub mod log;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ApiVersion;
 use crate::crypto::{OpenError, TokenKey, SEAL_OVERHEAD};
 use crate::error::Error;
 use crate::ports::{Clock, KeyValue, Random, StoreError, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -24,6 +25,7 @@ impl<T: KeyValue + Clock + Random> Backing for T {}
 pub struct Vault<'a, P: Backing> {
     pub platform: &'a P,
     key: &'a TokenKey,
+    version: ApiVersion,
 }
 
 /// When a record stops being: at `until` (Unix seconds), or never (an index counter, say).
@@ -75,7 +77,30 @@ const CHUNK_BYTES: usize = MAX_VALUE_BYTES - SEAL_OVERHEAD;
 
 impl<'a, P: Backing> Vault<'a, P> {
     pub fn new(platform: &'a P, key: &'a TokenKey) -> Self {
-        Vault { platform, key }
+        Vault {
+            platform,
+            key,
+            version: ApiVersion::V2,
+        }
+    }
+
+    /// The same vault for data from Blue Button `version`: what names a patient is keyed by it.
+    pub fn on(self, version: ApiVersion) -> Self {
+        Vault { version, ..self }
+    }
+
+    pub fn version(&self) -> ApiVersion {
+        self.version
+    }
+
+    /// A patient's keyed hash, within the API version: v2 and v3 name a beneficiary by different ids,
+    /// and what was stored under one must never be found under the other. (v2 keeps the hash it always
+    /// had, so stores from before v3 stay readable.)
+    pub fn hide_patient(&self, patient: &str) -> String {
+        match self.version {
+            ApiVersion::V2 => self.hide("patient", patient),
+            ApiVersion::V3 => self.hide("patient@v3", patient),
+        }
     }
 
     /// A keyed hash of `name` within `kind`, for keys about a person or a resource.
@@ -285,6 +310,16 @@ mod tests {
 
     fn key() -> TokenKey {
         TokenKey::parse(&"42".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_patient_is_hidden_apart_per_api_version() {
+        let (p, k) = (FakePlatform::new(), key());
+        let v2 = Vault::new(&p, &k);
+        assert_eq!(v2.hide_patient("-1"), v2.hide("patient", "-1"));
+        let v3 = Vault::new(&p, &k).on(ApiVersion::V3);
+        assert_ne!(v3.hide_patient("-1"), v2.hide_patient("-1"));
+        assert_eq!(v3.version(), ApiVersion::V3);
     }
 
     #[test]

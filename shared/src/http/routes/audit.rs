@@ -84,7 +84,7 @@ pub async fn audit(
 ) -> Result<Response, Error> {
     require_method(head, "GET")?;
     let ctx = TokenContext::load(platform)?;
-    let vault = Vault::new(platform, &ctx.key);
+    let vault = ctx.vault(platform);
     let mut recorder = Audit::new(&vault, ctx.audit, Agent::App);
     let (query, patient) = parse(&head.uri)?;
     let caller = bearer(&head.headers);

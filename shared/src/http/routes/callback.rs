@@ -58,7 +58,7 @@ pub async fn callback(
     require_method(head, "GET")?;
     // Configuration first: a broken deployment must not burn the beneficiary's state.
     let ctx = TokenContext::load(platform)?;
-    let vault = Vault::new(platform, &ctx.key);
+    let vault = ctx.vault(platform);
     let mut audit = Audit::new(&vault, ctx.audit, Agent::Beneficiary);
     let answer = exchange(&vault, &mut audit, &ctx, head).await;
     // Connect is not called from here: the callback's events wait in the outbox for the next delivery.
@@ -155,7 +155,7 @@ pub async fn end_session(
         )),
     };
     let ctx = TokenContext::load(platform)?;
-    let vault = Vault::new(platform, &ctx.key);
+    let vault = ctx.vault(platform);
     let mut audit = Audit::new(&vault, ctx.audit, Agent::App);
     let session = session::authenticate(&vault, &ctx.limits, bearer(&head.headers), &audit)?;
     audit.act_as(Agent::Session(session.hidden.clone()));

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::audit::{ids_hash, Action, Agent, Audit, Data, Event, Outcome, Peer};
 use crate::auth::admin::require_admin;
-use crate::config::{AuditSettings, ConnectSettings};
+use crate::config::{ApiVersion, AuditSettings, ConnectSettings};
 use crate::connect::dead_letters::{self, DeadLetter};
 use crate::connect::delivery::{audit_to_connect, replay_outbox, Before};
 use crate::connect::{outbox, Delivery, DeliveryResult};
@@ -87,7 +87,7 @@ pub async fn handle(
     let admin = require_admin(platform, bearer(&head.headers))?;
     require_method(head, method)?;
     let key = TokenKey::load(platform)?;
-    let vault = Vault::new(platform, &key);
+    let vault = Vault::new(platform, &key).on(ApiVersion::load(platform)?);
     let audit = Audit::new(&vault, AuditSettings::load(platform)?, Agent::Admin(admin));
     let answer = serve(&vault, &audit, route, head, body).await;
     audit_to_connect(&vault, &audit, true).await;

@@ -189,7 +189,7 @@ pub async fn fetch<W: ResponseWriter>(
         Ok(loaded) => loaded,
         Err(err) => return write_full(writer, err.into_response()),
     };
-    let vault = Vault::new(platform, &ctx.key);
+    let vault = ctx.vault(platform);
     let mut audit = Audit::new(&vault, ctx.audit, Agent::App);
     let Prepared {
         mut session,
