@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::Error;
+use crate::fhir::CLAIM_SOURCES;
 use crate::ports::Variables;
 
 /// Reads a variable the component must have.
@@ -257,6 +258,42 @@ pub fn client_secret(vars: &impl Variables) -> Result<String, Error> {
     required(vars, "cms_client_secret")
 }
 
+/// The systems whose claims a v3 fetch asks for when its caller names none (`cms_eob_sources`), as a
+/// set over [`CLAIM_SOURCES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimSources(u8);
+
+impl ClaimSources {
+    /// Final action claims only: what CMS itself serves without `_source`.
+    pub const FINAL_ACTION: ClaimSources = ClaimSources(0b11);
+
+    pub fn load(vars: &impl Variables) -> Result<ClaimSources, Error> {
+        let Some(text) = optional(vars, "cms_eob_sources")? else {
+            return Ok(ClaimSources::FINAL_ACTION);
+        };
+        text.split(',')
+            .map(|name| CLAIM_SOURCES.iter().position(|s| *s == name.trim()))
+            .try_fold(0u8, |set, at| at.map(|i| set | 1 << i))
+            .map(ClaimSources)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "`cms_eob_sources` must list some of {}, comma-separated; not `{text}`",
+                    CLAIM_SOURCES.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for ClaimSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = (0..CLAIM_SOURCES.len())
+            .filter(|i| self.0 & 1 << i != 0)
+            .map(|i| CLAIM_SOURCES[i])
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 /// How a fetch pages through CMS and answers its caller: used by `fhir-fetch`'s route, the sync and
 /// the health check alike.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -267,6 +304,8 @@ pub struct FetchLimits {
     pub concurrency: usize,
     /// A Bundle up to this many bytes is answered whole; a larger one streams.
     pub response_buffer_bytes: usize,
+    /// v3's claim sources, when the caller names none.
+    pub claim_sources: ClaimSources,
 }
 
 impl FetchLimits {
@@ -275,6 +314,7 @@ impl FetchLimits {
             page_size: PAGE_SIZE.load(vars)?,
             concurrency: FETCH_CONCURRENCY.load(vars)? as usize,
             response_buffer_bytes: RESPONSE_BUFFER_BYTES.load(vars)? as usize,
+            claim_sources: ClaimSources::load(vars)?,
         })
     }
 }
@@ -373,6 +413,23 @@ mod tests {
             .to_string()
             .contains("`v4`"));
         assert_eq!(ApiVersion::V3.path("/o/token/"), "/v3/o/token/");
+    }
+
+    #[test]
+    fn claim_sources_are_a_set_of_cms_names() {
+        let p = FakePlatform::new();
+        assert_eq!(ClaimSources::load(&p).unwrap().to_string(), "NCH,DDPS");
+        let p = p.with_var("cms_eob_sources", "FISS, NCH,DDPS,MCS,VMS");
+        assert_eq!(
+            ClaimSources::load(&p).unwrap().to_string(),
+            "NCH,DDPS,FISS,MCS,VMS"
+        );
+        let p = p.with_var("cms_eob_sources", "NCH,RIF");
+        let err = ClaimSources::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("cms_eob_sources") && err.contains("NCH,RIF"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! JSON text they came in (parsing every claim into a tree and writing it out again is most of a fetch's
 //! CPU), with only what the pipeline needs read out of them.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -93,28 +95,97 @@ pub struct Resource {
     /// Empty when the resource has none.
     pub id: String,
     pub last_updated: Option<time::OffsetDateTime>,
+    /// For a claim (an ExplanationOfBenefit): what tells its versions apart.
+    pub claim: Option<ClaimVersion>,
     pub json: Box<RawValue>,
 }
 
+/// Which version of a claim an ExplanationOfBenefit is. v3 can serve a claim twice: partially
+/// adjudicated (from FISS, MCS or VMS) and final (NCH, DDPS), with the same claim identifier.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimVersion {
+    /// The claim's identifiers, `system|value`.
+    pub identifiers: Vec<String>,
+    pub partial: bool,
+}
+
+/// The tag code CMS gives a partially adjudicated claim (in `meta.tag`).
+pub const PARTIALLY_ADJUDICATED: &str = "PartiallyAdjudicated";
+
+/// The systems a v3 claim comes from (`_source`): final action `NCH` and `DDPS`, partially adjudicated
+/// `FISS`, `MCS` and `VMS` ([`PARTIAL_SOURCES`]), and `CWF`.
+pub const CLAIM_SOURCES: [&str; 6] = ["NCH", "DDPS", "FISS", "MCS", "VMS", "CWF"];
+
+/// The `_source` values of partially adjudicated claims.
+pub const PARTIAL_SOURCES: [&str; 3] = ["FISS", "MCS", "VMS"];
+
 #[derive(Deserialize)]
-struct Head {
+struct Head<'a> {
     #[serde(rename = "resourceType")]
     resource_type: String,
     #[serde(default)]
     id: String,
-    meta: Option<HeadMeta>,
+    #[serde(borrow)]
+    meta: Option<HeadMeta<'a>>,
+    #[serde(default, borrow)]
+    identifier: Vec<Coded<'a>>,
 }
 
 #[derive(Deserialize)]
-struct HeadMeta {
+struct HeadMeta<'a> {
     #[serde(rename = "lastUpdated")]
     last_updated: Option<String>,
+    #[serde(borrow)]
+    source: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tag: Vec<Coded<'a>>,
+}
+
+/// An Identifier or a Coding: a system and a value or code.
+#[derive(Deserialize)]
+struct Coded<'a> {
+    #[serde(borrow)]
+    system: Option<Cow<'a, str>>,
+    #[serde(borrow, alias = "code")]
+    value: Option<Cow<'a, str>>,
+}
+
+impl Head<'_> {
+    fn claim(&self) -> Option<ClaimVersion> {
+        if self.resource_type != "ExplanationOfBenefit" {
+            return None;
+        }
+        let meta = self.meta.as_ref();
+        let tagged = meta.is_some_and(|m| {
+            m.tag
+                .iter()
+                .any(|t| t.value.as_deref() == Some(PARTIALLY_ADJUDICATED))
+        });
+        // `meta.source` is a URI; its last segment names the source system.
+        let from_partial_source = meta.and_then(|m| m.source.as_deref()).is_some_and(|s| {
+            let last = s.rsplit(['#', '/', ':']).next().unwrap_or(s);
+            PARTIAL_SOURCES.iter().any(|p| last.eq_ignore_ascii_case(p))
+        });
+        let identifiers = self
+            .identifier
+            .iter()
+            .filter_map(|i| {
+                let value = i.value.as_deref()?;
+                Some(format!("{}|{value}", i.system.as_deref().unwrap_or("")))
+            })
+            .collect();
+        Some(ClaimVersion {
+            identifiers,
+            partial: tagged || from_partial_source,
+        })
+    }
 }
 
 impl Resource {
     pub fn from_raw(json: Box<RawValue>) -> Result<Resource, FhirError> {
         let head: Head = serde_json::from_str(json.get())
             .map_err(|e| FhirError::NoResourceType(e.to_string()))?;
+        let claim = head.claim();
         let last_updated = head.meta.and_then(|m| m.last_updated).and_then(|t| {
             time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
         });
@@ -122,6 +193,7 @@ impl Resource {
             resource_type: head.resource_type,
             id: head.id,
             last_updated,
+            claim,
             json,
         })
     }
@@ -231,6 +303,33 @@ mod tests {
             .filters()
             .contains(&"service-date"));
         assert!(!ResourceType::Coverage.filters().contains(&"startIndex"));
+    }
+
+    #[test]
+    fn a_claims_version_is_read_from_its_tag_or_source() {
+        let claim = |json: &str| {
+            Resource::from_raw(RawValue::from_string(json.into()).unwrap())
+                .unwrap()
+                .claim
+        };
+        let partial = claim(
+            r#"{"resourceType":"ExplanationOfBenefit","id":"1","meta":{"tag":[
+            {"system":"https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status",
+             "code":"PartiallyAdjudicated"}]},
+            "identifier":[{"system":"https://bluebutton.cms.gov/claim-id","value":"c\u00e91"}]}"#,
+        )
+        .unwrap();
+        assert!(partial.partial);
+        assert_eq!(
+            partial.identifiers,
+            ["https://bluebutton.cms.gov/claim-id|cé1"]
+        );
+        let by_source =
+            claim(r#"{"resourceType":"ExplanationOfBenefit","meta":{"source":"urn:cms:MCS"}}"#);
+        assert!(by_source.unwrap().partial);
+        let fin = claim(r#"{"resourceType":"ExplanationOfBenefit","meta":{"source":"NCH"}}"#);
+        assert!(!fin.unwrap().partial);
+        assert_eq!(claim(r#"{"resourceType":"Patient","identifier":[]}"#), None);
     }
 
     #[test]

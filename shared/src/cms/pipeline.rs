@@ -18,35 +18,66 @@ use crate::fhir::Resource;
 use crate::ports::Platform;
 use crate::store::Vault;
 
-/// Entries seen so far: each `Type/id` once, and the newest `meta.lastUpdated`.
+/// Entries seen so far: each `Type/id` once, each claim in its final version when CMS has one, and the
+/// newest `meta.lastUpdated`.
 #[derive(Default)]
 struct Dedup {
     seen: HashSet<String>,
     duplicates: usize,
     newest: Option<time::OffsetDateTime>,
     ids: IdsHash,
+    /// The identifiers of the final versions of claims passed on.
+    finals: HashSet<String>,
+    /// Partially adjudicated claims, held to the end: the final version may come on a later page.
+    partials: Vec<Resource>,
+    superseded: usize,
 }
 
 impl Dedup {
-    /// The page's entries not seen before, in order.
+    /// The page's entries not seen before, in order, less the partially adjudicated claims (see
+    /// [`Dedup::partials_left`]).
     fn admit(&mut self, entries: Vec<Resource>) -> Vec<Resource> {
-        entries
-            .into_iter()
-            .filter(|resource| {
-                // Offset paging over data that changes can repeat an entry; each appears once.
-                if let Some(key) = resource.key() {
-                    if !self.seen.insert(key) {
-                        self.duplicates += 1;
-                        return false;
-                    }
+        let mut fresh = Vec::with_capacity(entries.len());
+        for resource in entries {
+            // Offset paging over data that changes can repeat an entry; each appears once.
+            if let Some(key) = resource.key() {
+                if !self.seen.insert(key) {
+                    self.duplicates += 1;
+                    continue;
                 }
-                self.ids.add(&resource.resource_type, &resource.id);
-                if let Some(updated) = resource.last_updated {
-                    self.newest = Some(self.newest.map_or(updated, |n| n.max(updated)));
+            }
+            match &resource.claim {
+                Some(claim) if claim.partial => {
+                    self.partials.push(resource);
+                    continue;
                 }
-                true
-            })
-            .collect()
+                Some(claim) => self.finals.extend(claim.identifiers.iter().cloned()),
+                None => {}
+            }
+            self.note(&resource);
+            fresh.push(resource);
+        }
+        fresh
+    }
+
+    /// The partially adjudicated claims whose final version never came; the others are superseded.
+    fn partials_left(&mut self) -> Vec<Resource> {
+        let (finals, held) = (&self.finals, std::mem::take(&mut self.partials));
+        let (superseded, left): (Vec<Resource>, Vec<Resource>) = held.into_iter().partition(|r| {
+            r.claim
+                .as_ref()
+                .is_some_and(|c| c.identifiers.iter().any(|i| finals.contains(i)))
+        });
+        self.superseded += superseded.len();
+        left.iter().for_each(|resource| self.note(resource));
+        left
+    }
+
+    fn note(&mut self, resource: &Resource) {
+        self.ids.add(&resource.resource_type, &resource.id);
+        if let Some(updated) = resource.last_updated {
+            self.newest = Some(self.newest.map_or(updated, |n| n.max(updated)));
+        }
     }
 }
 
@@ -57,6 +88,8 @@ pub struct FetchSummary {
     pub entries: usize,
     pub retries: u32,
     pub duplicates_dropped: usize,
+    /// Partially adjudicated claims left out because CMS also sent their final version (v3).
+    pub partials_superseded: usize,
     /// The newest `meta.lastUpdated` among the entries.
     #[serde(skip)]
     pub newest: Option<time::OffsetDateTime>,
@@ -146,6 +179,10 @@ fn read_event(
                 ("pages", summary.pages.to_string()),
                 ("retries", summary.retries.to_string()),
             ];
+            if summary.partials_superseded > 0 {
+                let superseded = summary.partials_superseded.to_string();
+                data.details.push(("partials_superseded", superseded));
+            }
             Event::new(
                 Action::CmsRead,
                 Outcome::Success,
@@ -188,8 +225,56 @@ async fn run_with<P: Platform>(
             next = Some(page?);
         }
     }
+    let partials = dedup.partials_left();
+    if !partials.is_empty() {
+        summary.entries += partials.len();
+        sink.page(&partials).await?;
+    }
     summary.duplicates_dropped = dedup.duplicates;
+    summary.partials_superseded = dedup.superseded;
     summary.newest = dedup.newest;
     summary.ids_hash = dedup.ids.finish();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(id: &str, identifier: &str, partial: bool) -> Resource {
+        let tag = if partial {
+            "PartiallyAdjudicated"
+        } else {
+            "Adjudicated"
+        };
+        Resource::from_value(&serde_json::json!({
+            "resourceType": "ExplanationOfBenefit", "id": id,
+            "meta": {"tag": [{"system": "https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status",
+                              "code": tag}]},
+            "identifier": [{"system": "https://bluebutton.cms.gov/fhir/sid/claim-id", "value": identifier}],
+        }))
+        .unwrap()
+    }
+
+    fn ids(resources: &[Resource]) -> Vec<&str> {
+        resources.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_claims_final_version_supersedes_its_partial_one_on_any_page() {
+        let mut dedup = Dedup::default();
+        let first = dedup.admit(vec![
+            claim("1", "X", false),
+            claim("2", "Y", true),
+            claim("3", "X", true),
+            claim("5", "Z", true),
+        ]);
+        assert_eq!(ids(&first), ["1"]);
+        let second = dedup.admit(vec![claim("4", "Y", false), claim("1", "X", false)]);
+        assert_eq!(ids(&second), ["4"]);
+        assert_eq!(dedup.duplicates, 1);
+        // Z never became final: its partial version is all there is, and it is kept.
+        assert_eq!(ids(&dedup.partials_left()), ["5"]);
+        assert_eq!(dedup.superseded, 2);
+    }
 }

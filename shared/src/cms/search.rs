@@ -5,7 +5,7 @@ use url::Url;
 
 use crate::config::{ApiVersion, FetchLimits};
 use crate::error::Error;
-use crate::fhir::ResourceType;
+use crate::fhir::{ResourceType, CLAIM_SOURCES};
 
 /// A FHIR date or dateTime, as a regular expression's body (a macro, so that `concat!` can use it).
 macro_rules! fhir_date {
@@ -49,12 +49,34 @@ pub const CLAIM_TYPES_PATTERN: &str = concat!(
     "(,(carrier|pde|dme|hha|hospice|inpatient|outpatient|snf))*$(?!\\n)"
 );
 
+/// The claim filters only v3 takes, as CMS names them.
+pub const V3_CLAIM_FILTERS: [&str; 3] = ["_tag", "_source", "_security:not"];
+
+/// `_source`'s pattern: [`CLAIM_SOURCES`], comma-separated.
+pub const CLAIM_SOURCES_PATTERN: &str = concat!(
+    "^(NCH|DDPS|FISS|MCS|VMS|CWF)",
+    "(,(NCH|DDPS|FISS|MCS|VMS|CWF))*$(?!\\n)"
+);
+
+/// `_tag`'s and `_security:not`'s pattern: FHIR tokens (`[system|]code`), comma-separated.
+pub const TOKENS_PATTERN: &str = "^([^\\s,|]+\\|)?[^\\s,|]+(,([^\\s,|]+\\|)?[^\\s,|]+)*$(?!\\n)";
+
+fn is_token_list(value: &str) -> bool {
+    value.split(',').all(|token| {
+        let (system, code) = token.split_once('|').unwrap_or(("x", token));
+        let plain = |s: &str| !s.is_empty() && !s.contains(|c: char| c.is_whitespace() || c == '|');
+        plain(system) && plain(code)
+    })
+}
+
 /// Checks a filter the caller passes through to CMS, so a malformed one is the caller's clear 400 here
 /// and never a CMS error later.
 pub fn check_filter(name: &str, value: &str) -> Result<(), Error> {
     let ok = match name {
         "_lastUpdated" | "service-date" => is_date_filter(value),
         "type" => value.split(',').all(|t| CLAIM_TYPES.contains(&t)),
+        "_source" => value.split(',').all(|t| CLAIM_SOURCES.contains(&t)),
+        "_tag" | "_security:not" => is_token_list(value),
         _ => true,
     };
     if ok {
@@ -62,6 +84,10 @@ pub fn check_filter(name: &str, value: &str) -> Result<(), Error> {
     } else {
         let expected = match name {
             "type" => format!("a comma-separated list of {}", CLAIM_TYPES.join(", ")),
+            "_source" => format!("a comma-separated list of {}", CLAIM_SOURCES.join(", ")),
+            "_tag" | "_security:not" => {
+                "comma-separated FHIR tokens, `code` or `system|code`, e.g. 42CFRPart2".to_string()
+            }
             _ => "lt, le, gt or ge followed by a date: 2024, 2024-05, 2024-05-31 or \
                   2024-05-31T12:00:00Z"
                 .to_string(),
@@ -181,6 +207,14 @@ impl SearchRequest {
             }
             for (name, value) in &self.filters {
                 q.append_pair(name, value);
+            }
+            // Which claims: the caller's `_tag` or `_source`, else the deployment's sources.
+            let chosen = |f: &(String, String)| f.0 == "_tag" || f.0 == "_source";
+            if version == ApiVersion::V3
+                && self.resource_type == ResourceType::ExplanationOfBenefit
+                && !self.filters.iter().any(chosen)
+            {
+                q.append_pair("_source", &self.limits.claim_sources.to_string());
             }
             if let Some(start) = start {
                 q.append_pair("startIndex", &start.to_string());
@@ -328,6 +362,33 @@ mod tests {
     }
 
     #[test]
+    fn v3_claim_filters_are_checked_as_documented() {
+        let sources = documented(CLAIM_SOURCES_PATTERN);
+        let tokens = documented(TOKENS_PATTERN);
+        for (name, value, ok) in [
+            ("_source", "NCH,DDPS", true),
+            ("_source", "FISS", true),
+            ("_source", "nch", false),
+            ("_source", "NCH,", false),
+            ("_tag", "PartiallyAdjudicated", true),
+            (
+                "_tag",
+                "https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status|Adjudicated",
+                true,
+            ),
+            ("_security:not", "42CFRPart2", true),
+            ("_security:not", "a|b|c", false),
+            ("_tag", "a b", false),
+            ("_tag", "|x", false),
+            ("_tag", "", false),
+        ] {
+            assert_eq!(check_filter(name, value).is_ok(), ok, "{name}={value}");
+            let pattern = if name == "_source" { &sources } else { &tokens };
+            assert_eq!(pattern.is_match(value), ok, "{name}={value} documented");
+        }
+    }
+
+    #[test]
     fn page_urls_carry_count_filters_and_offsets() {
         let search = SearchRequest {
             resource_type: ResourceType::ExplanationOfBenefit,
@@ -335,6 +396,7 @@ mod tests {
                 page_size: 50,
                 concurrency: 4,
                 response_buffer_bytes: 1,
+                claim_sources: crate::config::ClaimSources::FINAL_ACTION,
             },
             filters: vec![
                 ("_lastUpdated".into(), "gt2024-01-01".into()),
@@ -347,6 +409,17 @@ mod tests {
             "https://cms.test/v2/fhir/ExplanationOfBenefit/?patient=-1&_count=50\
              &_lastUpdated=gt2024-01-01&type=carrier%2Cpde&startIndex=100"
         );
+        assert_eq!(
+            search.page_url("https://cms.test", ApiVersion::V3, "-3", None),
+            "https://cms.test/v3/fhir/ExplanationOfBenefit/?patient=-3&_count=50\
+             &_lastUpdated=gt2024-01-01&type=carrier%2Cpde&_source=NCH%2CDDPS",
+            "v3 names the claim sources unless the caller did"
+        );
+        let mut chosen = search.clone();
+        chosen.filters = vec![("_tag".into(), "PartiallyAdjudicated".into())];
+        assert!(!chosen
+            .page_url("https://cms.test", ApiVersion::V3, "-3", None)
+            .contains("_source"));
         let coverage = SearchRequest {
             resource_type: ResourceType::Coverage,
             ..search

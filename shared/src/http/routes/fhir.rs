@@ -6,8 +6,8 @@ use crate::audit::{Agent, Audit};
 use crate::auth::session::{self, Session};
 use crate::auth::tokens::TokenContext;
 use crate::cms::pipeline::{self, Both, PageSink};
-use crate::cms::search::{check_filter, SearchRequest};
-use crate::config::{ConnectSettings, FetchLimits};
+use crate::cms::search::{check_filter, SearchRequest, V3_CLAIM_FILTERS};
+use crate::config::{ApiVersion, ConnectSettings, FetchLimits};
 use crate::connect::delivery::{audit_to_connect, Before};
 use crate::connect::{cursor, Delivery};
 use crate::error::Error;
@@ -70,6 +70,18 @@ fn parse<P: Platform>(
             "return_cms" => return_cms = flag(&value, "return_cms")?,
             "push" => push = flag(&value, "push")?,
             n if resource_type.filters().contains(&n) => {
+                check_filter(n, &value)?;
+                filters.push((name, value))
+            }
+            n if resource_type == ResourceType::ExplanationOfBenefit
+                && V3_CLAIM_FILTERS.contains(&n) =>
+            {
+                if vault.version() != ApiVersion::V3 {
+                    return Err(Error::BadRequest(format!(
+                        "`{n}` is a Blue Button v3 filter, and this app uses {}",
+                        vault.version()
+                    )));
+                }
                 check_filter(n, &value)?;
                 filters.push((name, value))
             }
