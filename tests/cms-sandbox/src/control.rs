@@ -2,7 +2,10 @@
 
 use super::data::format_instant_ms;
 use super::oauth::{NOT_AUTHENTICATED, PERMISSION_DENIED};
-use super::{detail_response, html_response, json_response, AppState, Options, CT_JSON};
+use super::{
+    detail_response, html_response, json_response, operation_outcome, v2_patient_id, ApiVersion,
+    AppState, Options, CT_JSON,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -48,11 +51,26 @@ pub(crate) enum Fault {
     Body(BodyFault),
 }
 
-/// What a client sees for an injected fault.
-pub(crate) fn injected(fault: Fault, retry_after: u64, ct: &str) -> Response {
-    match fault {
-        Fault::Status(status) => fault_response(status, retry_after, ct),
-        Fault::Body(body) => body_fault_response(body),
+/// What a client sees for an injected fault. v3 passes BFD's OperationOutcome through with its status.
+pub(crate) fn injected(ver: ApiVersion, fault: Fault, retry_after: u64, ct: &str) -> Response {
+    match (ver, fault) {
+        (_, Fault::Body(body)) => body_fault_response(body),
+        (ApiVersion::V2, Fault::Status(status)) => fault_response(status, retry_after, ct),
+        (ApiVersion::V3, Fault::Status(status)) => {
+            let mut r = operation_outcome(
+                status,
+                &format!(
+                    "{} {}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("Error")
+                ),
+            );
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            r
+        }
     }
 }
 
@@ -354,10 +372,13 @@ async fn state(State(st): State<Arc<AppState>>) -> Response {
             .patients
             .iter()
             .map(|(id, p)| {
-                (
-                    id.clone(),
-                    json!({ "eob_count": p.eobs.len(), "coverage_count": p.coverage.len() }),
-                )
+                let mut v =
+                    json!({ "eob_count": p.eobs.len(), "coverage_count": p.coverage.len() });
+                if let Some(v3) = &p.v3 {
+                    v["v3_id"] = json!(v3.id);
+                    v["v3_eob_count"] = json!(p.v3_eobs().count());
+                }
+                (id.clone(), v)
             })
             .collect();
         (patients, format_instant_ms(store.last_updated_ms))
@@ -393,10 +414,11 @@ async fn add_eobs(
         Ok(n) => n,
         Err(r) => return r,
     };
+    let patient = v2_patient_id(&patient);
     let mut store = st.write_store();
-    match store.add_eobs(&patient, n, true) {
+    match store.add_eobs(patient, n, true) {
         Ok(added) => {
-            let count = store.patient(&patient).map_or(0, |p| p.eobs.len());
+            let count = store.patient(patient).map_or(0, |p| p.eobs.len());
             ok(json!({
                 "added": added,
                 "eob_count": count,
@@ -417,7 +439,7 @@ async fn set_eob_count(
         Err(r) => return r,
     };
     let mut store = st.write_store();
-    match store.set_eob_count(&patient, n, false) {
+    match store.set_eob_count(v2_patient_id(&patient), n, false) {
         Ok(added) => ok(json!({ "added": added, "eob_count": n })),
         Err(e) => bad(e.to_string()),
     }
@@ -575,13 +597,13 @@ async fn expire_tokens(State(st): State<Arc<AppState>>, body: Bytes) -> Response
         Ok(v) => v,
         Err(r) => return r,
     };
-    let patient = v.get("patient").and_then(Value::as_str);
+    let patient = v.get("patient").and_then(Value::as_str).map(v2_patient_id);
     let n = st.with_auth(|a| a.expire_access_tokens(patient));
     ok(json!({ "expired": n }))
 }
 
 async fn expire_grant(State(st): State<Arc<AppState>>, Path(patient): Path<String>) -> Response {
-    if st.with_auth(|a| a.expire_grant(&patient)) {
+    if st.with_auth(|a| a.expire_grant(v2_patient_id(&patient))) {
         ok(json!({ "expired": patient }))
     } else {
         json_response(
@@ -593,7 +615,7 @@ async fn expire_grant(State(st): State<Arc<AppState>>, Path(patient): Path<Strin
 }
 
 async fn delete_grant(State(st): State<Arc<AppState>>, Path(patient): Path<String>) -> Response {
-    if st.with_auth(|a| a.delete_grant(&patient)) {
+    if st.with_auth(|a| a.delete_grant(v2_patient_id(&patient))) {
         ok(json!({ "deleted": patient }))
     } else {
         json_response(

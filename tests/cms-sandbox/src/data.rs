@@ -2,7 +2,10 @@
 //! per patient, with each resource kept pre-serialised so a page is built by concatenation.
 
 use super::json::J;
-use super::{BBUSER00001_PATIENT, BBUSER08325_PATIENT, BBUSER29999_PATIENT};
+use super::{
+    BBUSER00001_PATIENT, BBUSER08325_PATIENT, BBUSER08325_PATIENT_V3, BBUSER29999_PATIENT,
+    SYNTHETIC_USERS,
+};
 use anyhow::{anyhow, bail, Context};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -44,6 +47,28 @@ pub(crate) const EOB_TYPES: [&str; 8] = [
     "snf",
 ];
 
+/// `meta.tag` system of v3 claims: `Adjudicated` (final action) or `PartiallyAdjudicated`.
+pub(crate) const ADJUDICATION_SYSTEM: &str =
+    "https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status";
+/// The `meta.security` label BB2 filters with `_security:not` when a beneficiary declines Part 2 data.
+pub(crate) const PART2_CODE: &str = "42CFRPart2";
+const PART2_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+/// v3 `_source` values: final action (NCH claims, DDPS drug events), partially adjudicated (the FISS,
+/// MCS and VMS shared systems), and CWF.
+pub(crate) const SOURCES: [&str; 6] = ["NCH", "DDPS", "FISS", "MCS", "VMS", "CWF"];
+/// What BB2 asks BFD for when a v3 EOB search names neither `_tag` nor `_source`.
+pub(crate) const DEFAULT_SOURCES: [&str; 2] = ["NCH", "DDPS"];
+/// Pilot users start with this many final claims.
+const PILOT_EOBS: usize = 30;
+/// The pilot claim (by index) whose v3 rendering carries the 42 CFR Part 2 label.
+const PILOT_PART2_INDEX: usize = 3;
+/// Pilot claim numbers: `digits(username) * 1_000_000 + index`; partial versions of final claim n
+/// are `n + PARTIAL_VERSION`, claims still partial only `base + PARTIAL_ONLY + j`.
+const PILOT_CLAIM_SPACE: u64 = 1_000_000;
+const PARTIAL_VERSION: u64 = 500_000;
+const PARTIAL_ONLY: u64 = 900_000;
+const C4DIC: &str = "http://hl7.org/fhir/us/insurance-card/StructureDefinition";
+
 /// A resource kept serialised, with what searches need.
 #[derive(Clone, Debug)]
 pub(crate) struct Resource {
@@ -59,6 +84,35 @@ pub(crate) struct Eob {
     pub service_ms: Option<i64>,
     /// Lower-case eob-type code (`carrier`, `pde`, ...).
     pub eob_type: String,
+    /// v3 renderings: `meta.source` (one of [`SOURCES`]); empty on v2 rows.
+    pub source: &'static str,
+    /// v3 renderings: `meta.security` carries [`PART2_CODE`].
+    pub part2: bool,
+    /// v2 rows of beneficiaries with a v3 id: the same claim as v3 serves it.
+    pub v3: Option<Arc<Eob>>,
+}
+
+impl Eob {
+    /// The `meta.tag` code (in [`ADJUDICATION_SYSTEM`]) of a v3 rendering.
+    pub fn adjudication(&self) -> &'static str {
+        if partial_source(&self.eob_type) == Some(self.source) {
+            "PartiallyAdjudicated"
+        } else {
+            "Adjudicated"
+        }
+    }
+}
+
+/// The v3 side of a beneficiary with a v3 id.
+#[derive(Debug)]
+pub(crate) struct V3Data {
+    pub id: String,
+    pub patient: Resource,
+    pub coverage: Vec<Resource>,
+    /// Partially adjudicated claims, v3 only; searches list them after the final ones.
+    pub partials: Vec<Eob>,
+    /// The `entry` array of `$generate-insurance-card` (C4DIC Patient, Coverage…, Organization).
+    pub card_entries: String,
 }
 
 #[derive(Debug)]
@@ -70,6 +124,19 @@ pub(crate) struct PatientData {
     pub eobs: Vec<Eob>,
     /// The fixture EOBs, cloned when EOBs are added.
     pub templates: Vec<Arc<Eob>>,
+    pub v3: Option<V3Data>,
+    /// Pilot users number their claims (ids, identifiers) from here instead of the store's serial.
+    claim_base: Option<u64>,
+}
+
+impl PatientData {
+    /// The EOBs v3 serves, in search order: every final claim, then the partially adjudicated ones.
+    pub fn v3_eobs(&self) -> impl Iterator<Item = &Eob> {
+        self.eobs
+            .iter()
+            .filter_map(|e| e.v3.as_deref())
+            .chain(self.v3.iter().flat_map(|v| v.partials.iter()))
+    }
 }
 
 #[derive(Debug)]
@@ -121,6 +188,50 @@ impl Store {
             clone_coverage(BBUSER08325_PATIENT)?,
             vec![ws_eob],
         )?;
+        store.enable_v3(BBUSER08325_PATIENT, BBUSER08325_PATIENT_V3)?;
+
+        // The v3 pilot users: BBUser29999's Patient, Parts A, B and D, and claims cloned from the SDK
+        // capture's carrier and outpatient claims and the site's drug events, interleaved.
+        let pick = |p: &str, t: &str| -> Vec<Arc<Eob>> {
+            let data = &store.patients[p];
+            data.templates
+                .iter()
+                .filter(|e| e.eob_type == t)
+                .cloned()
+                .collect()
+        };
+        let groups = [
+            pick(BBUSER00001_PATIENT, "carrier"),
+            pick(BBUSER29999_PATIENT, "pde"),
+            pick(BBUSER00001_PATIENT, "outpatient"),
+        ];
+        let longest = groups.iter().map(Vec::len).max().unwrap_or(0);
+        let pilot_templates: Vec<Arc<Eob>> = (0..longest)
+            .flat_map(|i| groups.iter().filter_map(move |g| g.get(i).cloned()))
+            .take(PILOT_EOBS)
+            .collect();
+        for user in SYNTHETIC_USERS
+            .iter()
+            .filter(|u| u.username.starts_with("BBUser090"))
+        {
+            let (v2, v3) = (user.patient_id, user.v3_patient_id.expect("pilots have v3"));
+            let coverage = clone_coverage(v2)?
+                .into_iter()
+                .filter(|c| {
+                    c.get("id")
+                        .and_then(J::as_str)
+                        .is_some_and(|id| !id.starts_with("part-c"))
+                })
+                .collect();
+            store.insert(rewrite(&site_patient, v2)?, coverage, Vec::new())?;
+            let digits: u64 = user.username[6..].parse()?;
+            let data = store.patients.get_mut(v2).expect("just inserted");
+            data.templates = pilot_templates.clone();
+            data.claim_base = Some(digits * PILOT_CLAIM_SPACE);
+            store.enable_v3(v2, v3)?;
+            store.add_eobs(v2, PILOT_EOBS, false)?;
+            store.add_partials(v2)?;
+        }
 
         if let Some(n) = eob_count {
             store.set_eob_count(BBUSER29999_PATIENT, n, false)?;
@@ -176,6 +287,8 @@ impl Store {
                 coverage,
                 eobs: eob_rows,
                 templates,
+                v3: None,
+                claim_base: None,
             },
         );
         Ok(())
@@ -209,7 +322,8 @@ impl Store {
     }
 
     /// Appends `count` EOBs cloned from the patient's own fixture EOBs (or BBUser29999's if it has none),
-    /// with new stable ids `<type>--<serial>`.
+    /// with new stable ids `<type>--<serial>` (pilot users: `<type>--<claim number>`, see
+    /// [`pilot_claim`]). Beneficiaries with a v3 id get each claim's v3 rendering too.
     pub fn add_eobs(
         &mut self,
         patient: &str,
@@ -229,6 +343,7 @@ impl Store {
         if templates.is_empty() {
             bail!("no EOB to clone for patient {patient}");
         }
+        let (claim_base, v3_id) = (data.claim_base, data.v3.as_ref().map(|v| v.id.clone()));
         let mut taken: HashSet<String> = self
             .patients
             .values()
@@ -238,15 +353,8 @@ impl Store {
         let mut added = Vec::with_capacity(count);
         let mut rows = Vec::with_capacity(count);
         for k in 0..count {
-            let template = &templates[(start_len + k) % templates.len()];
-            let prefix = id_prefix(&template.res.id);
-            let id = loop {
-                self.serial += 1;
-                let candidate = format!("{prefix}--{}", self.serial);
-                if taken.insert(candidate.clone()) {
-                    break candidate;
-                }
-            };
+            let index = start_len + k;
+            let template = &templates[index % templates.len()];
             let last_updated = if newest {
                 // Strictly newer than anything served so far, and not in the past.
                 let now = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
@@ -254,11 +362,29 @@ impl Store {
                 self.last_updated_ms = t;
                 t
             } else {
-                grown_base + (start_len + k) as i64 * 1000
+                grown_base + index as i64 * 1000
             };
-            rows.push(clone_eob(template, &id, last_updated, patient));
+            let mut row = match claim_base {
+                Some(base) => pilot_claim(template, base + index as u64, last_updated, patient),
+                None => {
+                    let prefix = id_prefix(&template.res.id);
+                    let id = loop {
+                        self.serial += 1;
+                        let candidate = format!("{prefix}--{}", self.serial);
+                        if taken.insert(candidate.clone()) {
+                            break candidate;
+                        }
+                    };
+                    clone_eob(template, &id, last_updated, patient)
+                }
+            };
+            if let Some(v3) = &v3_id {
+                let part2 = claim_base.is_some() && index == PILOT_PART2_INDEX;
+                row.v3 = Some(Arc::new(v3_final(&row, patient, v3, part2)));
+            }
             self.last_updated_ms = self.last_updated_ms.max(last_updated);
-            added.push(id);
+            added.push(row.res.id.clone());
+            rows.push(row);
         }
         self.patients
             .get_mut(patient)
@@ -267,6 +393,230 @@ impl Store {
             .extend(rows);
         Ok(added)
     }
+
+    /// Gives a patient a v3 id: its Patient, Coverage and EOBs as v3 serves them, and its insurance card.
+    fn enable_v3(&mut self, v2: &str, v3: &str) -> anyhow::Result<()> {
+        let data = self
+            .patients
+            .get_mut(v2)
+            .ok_or_else(|| anyhow!("unknown patient {v2}"))?;
+        let convert = |r: &Resource| resource_from(&J::parse(&to_v3_text(&r.json, v2, v3))?);
+        let patient = convert(&data.patient)?;
+        let coverage = data
+            .coverage
+            .iter()
+            .map(convert)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for e in &mut data.eobs {
+            e.v3 = Some(Arc::new(v3_final(e, v2, v3, false)));
+        }
+        let card_entries = insurance_card_entries(&patient, &coverage)?;
+        data.v3 = Some(V3Data {
+            id: v3.to_string(),
+            patient,
+            coverage,
+            partials: Vec::new(),
+            card_entries,
+        });
+        Ok(())
+    }
+
+    /// A pilot user's partially adjudicated claims: earlier versions of their first carrier (MCS) and
+    /// outpatient (FISS) claims, sharing those claims' identifiers, and one of each still without a
+    /// final version.
+    fn add_partials(&mut self, patient: &str) -> anyhow::Result<()> {
+        let grown_base = parse_instant_ms(GROWN_BASE_INSTANT)?;
+        let data = self
+            .patients
+            .get_mut(patient)
+            .ok_or_else(|| anyhow!("unknown patient {patient}"))?;
+        let (Some(base), Some(v3)) = (data.claim_base, data.v3.as_ref().map(|v| v.id.clone()))
+        else {
+            return Ok(());
+        };
+        let mut partials = Vec::new();
+        for source in ["MCS", "FISS"] {
+            let final_claim = data
+                .eobs
+                .iter()
+                .enumerate()
+                .find(|(_, e)| partial_source(&e.eob_type) == Some(source));
+            if let Some((index, e)) = final_claim {
+                let id = (base + index as u64 + PARTIAL_VERSION).to_string();
+                partials.push(v3_eob(e, patient, &v3, &id, source, false));
+            }
+        }
+        for (j, source) in ["MCS", "FISS"].into_iter().enumerate() {
+            let template = data
+                .templates
+                .iter()
+                .find(|t| partial_source(&t.eob_type) == Some(source));
+            if let Some(t) = template {
+                let claim = base + PARTIAL_ONLY + j as u64;
+                let lu = grown_base + (PARTIAL_ONLY as i64 + j as i64) * 1000;
+                let row = pilot_claim(t, claim, lu, patient);
+                partials.push(v3_eob(
+                    &row,
+                    patient,
+                    &v3,
+                    &claim.to_string(),
+                    source,
+                    false,
+                ));
+            }
+        }
+        data.v3.as_mut().expect("checked above").partials = partials;
+        Ok(())
+    }
+}
+
+/// The shared system that partially adjudicates a claim type (v3 `_source`), if any does.
+pub(crate) fn partial_source(eob_type: &str) -> Option<&'static str> {
+    match eob_type {
+        "pde" => None,
+        "carrier" => Some("MCS"),
+        "dme" => Some("VMS"),
+        _ => Some("FISS"),
+    }
+}
+
+/// v2 text → v3 text: Coverage ids such as `part-a--20140000008325` become `part-a-30250000008325`, then
+/// every other occurrence of the v2 id (references, identifiers) the v3 id.
+fn to_v3_text(text: &str, v2: &str, v3: &str) -> String {
+    text.replace(
+        &format!("-{v2}"),
+        &format!("-{}", v3.trim_start_matches('-')),
+    )
+    .replace(v2, v3)
+}
+
+/// A final claim as v3 serves it: its v3 id is the number in its v2 id (`carrier--9001000000` →
+/// `9001000000`, `carrier-22639159481` → `22639159481`).
+fn v3_final(e: &Eob, v2: &str, v3: &str, part2: bool) -> Eob {
+    let id = e.res.id.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let source = if e.eob_type == "pde" { "DDPS" } else { "NCH" };
+    v3_eob(e, v2, v3, id, source, part2)
+}
+
+/// A claim as v3 serves it: `id`, the v3 patient in references, and the `meta.source`, `meta.tag`
+/// (and `meta.security`) that v3 searches filter on. Text edits, as in [`clone_eob`].
+fn v3_eob(e: &Eob, v2: &str, v3: &str, id: &str, source: &'static str, part2: bool) -> Eob {
+    let q = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let mut row = Eob {
+        source,
+        part2,
+        v3: None,
+        ..e.clone()
+    };
+    let mut meta = format!(
+        "\"source\":{},\"tag\":[{{\"system\":{},\"code\":{}}}],",
+        q(source),
+        q(ADJUDICATION_SYSTEM),
+        q(row.adjudication())
+    );
+    if part2 {
+        meta.push_str(&format!(
+            "\"security\":[{{\"system\":{},\"code\":{},\"display\":\"42 CFR Part 2\"}}],",
+            q(PART2_SYSTEM),
+            q(PART2_CODE)
+        ));
+    }
+    let mut json = to_v3_text(&e.res.json, v2, v3)
+        .replacen(
+            &format!("\"id\":{}", q(&e.res.id)),
+            &format!("\"id\":{}", q(id)),
+            1,
+        )
+        .replacen("\"meta\":{", &format!("\"meta\":{{{meta}"), 1);
+    if row.adjudication() == "PartiallyAdjudicated" {
+        json = json.replacen("\"outcome\":\"complete\"", "\"outcome\":\"partial\"", 1);
+    }
+    row.res = Resource {
+        id: id.to_string(),
+        json: Arc::from(json),
+        last_updated_ms: e.res.last_updated_ms,
+    };
+    row
+}
+
+/// A pilot user's claim number `claim`: v2 id `<type>--<claim>`, claim identifier `-<claim>` (partial
+/// versions share it), and the template's patient replaced everywhere (its Coverage references too).
+fn pilot_claim(template: &Eob, claim: u64, last_updated_ms: i64, patient: &str) -> Eob {
+    let id = format!("{}--{claim}", id_prefix(&template.res.id));
+    let mut row = clone_eob(template, &id, last_updated_ms, patient);
+    let mut json = match referenced_patient(&template.res.json) {
+        Some(old) => row.res.json.replace(old, patient),
+        None => row.res.json.to_string(),
+    };
+    // The unique claim id: BFD's `clm_id` (claims) or `pde_id` (drug events) identifier. Searched by
+    // system, as contained resources carry identifiers of their own.
+    let at = ["clm_id", "pde_id"].iter().find_map(|v| {
+        let needle = format!("/resources/variables/{v}\",\"value\":\"");
+        json.find(&needle).map(|at| at + needle.len())
+    });
+    if let Some(start) = at {
+        let end = start + json[start..].find('"').unwrap_or(0);
+        json.replace_range(start..end, &format!("-{claim}"));
+    }
+    row.res.json = Arc::from(json);
+    row
+}
+
+/// The patient id an EOB's `patient` reference names.
+fn referenced_patient(json: &str) -> Option<&str> {
+    let reference = "\"patient\":{\"reference\":\"Patient/";
+    let start = json.find(reference)? + reference.len();
+    Some(&json[start..start + json[start..].find('"')?])
+}
+
+/// The C4DIC entries of a v3 patient's insurance card: Patient, each Coverage (payer: the
+/// Organization), and CMS as the Organization, with `urn:uuid` ids and references as BFD gives them.
+fn insurance_card_entries(patient: &Resource, coverage: &[Resource]) -> anyhow::Result<String> {
+    let (patient_id, org_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let urn = |id: &uuid::Uuid| format!("urn:uuid:{id}");
+    let profiled = |mut j: J, id: &uuid::Uuid, profile: &str| {
+        j.set("id", J::str(id.to_string()));
+        j.set(
+            "meta",
+            J::obj(vec![(
+                "profile",
+                J::strs(&[format!("{C4DIC}/C4DIC-{profile}")]),
+            )]),
+        );
+        J::obj(vec![("fullUrl", J::str(urn(id))), ("resource", j)])
+    };
+    let mut entries = vec![profiled(J::parse(&patient.json)?, &patient_id, "Patient")];
+    for c in coverage {
+        let mut j = J::parse(&c.json)?;
+        j.set(
+            "beneficiary",
+            J::obj(vec![("reference", J::str(urn(&patient_id)))]),
+        );
+        j.set(
+            "payor",
+            J::Arr(vec![J::obj(vec![("reference", J::str(urn(&org_id)))])]),
+        );
+        entries.push(profiled(j, &uuid::Uuid::new_v4(), "Coverage"));
+    }
+    let telecom = |system: &str, value: &str| {
+        J::obj(vec![("system", J::str(system)), ("value", J::str(value))])
+    };
+    let org = J::obj(vec![
+        ("resourceType", J::str("Organization")),
+        ("id", J::str("")),
+        ("meta", J::Null),
+        ("active", J::Bool(true)),
+        ("name", J::str("Centers for Medicare and Medicaid Services")),
+        (
+            "telecom",
+            J::Arr(vec![
+                telecom("phone", "1-800-633-4227"),
+                telecom("url", "https://www.medicare.gov"),
+            ]),
+        ),
+    ]);
+    entries.push(profiled(org, &org_id, "Organization"));
+    Ok(J::Arr(entries).to_json())
 }
 
 /// A copy of `template` with a new id, `meta.lastUpdated` and patient. Done on the serialised text
@@ -304,6 +654,9 @@ fn clone_eob(template: &Eob, id: &str, last_updated_ms: i64, patient: &str) -> E
         },
         service_ms: template.service_ms,
         eob_type: template.eob_type.clone(),
+        source: "",
+        part2: false,
+        v3: None,
     }
 }
 
@@ -387,6 +740,9 @@ fn eob_from(j: &J) -> anyhow::Result<Eob> {
         res,
         service_ms,
         eob_type,
+        source: "",
+        part2: false,
+        v3: None,
     })
 }
 

@@ -132,20 +132,22 @@ pub(crate) fn login_page(lang: &str, auth_id: &str, app_name: &str, error: Optio
     page(lang, "Medicare.gov sign in", &body)
 }
 
-/// The consent page: share everything or withhold demographics, then allow or deny.
+/// The consent page: share everything or withhold demographics, then allow or deny. It posts to the
+/// authorize endpoint under `prefix` (`/v2` or `/v3`), where the flow started.
 pub(crate) fn consent_page(
     lang: &str,
     auth_id: &str,
     app_name: &str,
     username: &str,
     scopes: &[String],
+    prefix: &str,
 ) -> String {
     let scope_items: String = scopes
         .iter()
         .map(|s| format!("<li>{}</li>", escape(s)))
         .collect();
     let body = format!(
-        "<h1>Approve access for {app}</h1>\n<p>Signed in as {user}.</p>\n<ul>{scope_items}</ul>\n<form method=\"post\" action=\"/v2/o/authorize/{id}/\">\n<input type=\"hidden\" name=\"auth_id\" value=\"{id}\">\n<fieldset><legend>Share personal information?</legend>\n<label><input type=\"radio\" name=\"share\" value=\"all\" checked> Share healthcare data and personal information</label>\n<label><input type=\"radio\" name=\"share\" value=\"no-demographics\"> Share healthcare data only</label>\n</fieldset>\n<button type=\"submit\" name=\"allow\" value=\"Allow\">Allow</button>\n<button type=\"submit\" name=\"deny\" value=\"Deny\">Deny</button>\n</form>",
+        "<h1>Approve access for {app}</h1>\n<p>Signed in as {user}.</p>\n<ul>{scope_items}</ul>\n<form method=\"post\" action=\"{prefix}/o/authorize/{id}/\">\n<input type=\"hidden\" name=\"auth_id\" value=\"{id}\">\n<fieldset><legend>Share personal information?</legend>\n<label><input type=\"radio\" name=\"share\" value=\"all\" checked> Share healthcare data and personal information</label>\n<label><input type=\"radio\" name=\"share\" value=\"no-demographics\"> Share healthcare data only</label>\n</fieldset>\n<button type=\"submit\" name=\"allow\" value=\"Allow\">Allow</button>\n<button type=\"submit\" name=\"deny\" value=\"Deny\">Deny</button>\n</form>",
         app = escape(app_name),
         user = escape(username),
         id = escape(auth_id),
@@ -171,7 +173,14 @@ mod tests {
 
     #[test]
     fn parses_its_own_pages() {
-        let html = consent_page("en", "a\"b", "App", "BBUser29999", &["profile".into()]);
+        let html = consent_page(
+            "en",
+            "a\"b",
+            "App",
+            "BBUser29999",
+            &["profile".into()],
+            "/v2",
+        );
         let forms = parse_forms(&html);
         assert_eq!(forms.len(), 1);
         let f = &forms[0];

@@ -1,4 +1,5 @@
-//! `cms-sandbox`: the CMS Blue Button 2.0 v2 sandbox emulator as a process (see the `cms_sandbox` library).
+//! `cms-sandbox`: the CMS Blue Button 2.0 sandbox emulator (v2 and v3) as a process (see the
+//! `cms_sandbox` library).
 //! Prints `listening on http://ADDR` once it accepts connections, then serves until killed.
 
 use clap::Parser;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 #[derive(Parser, Debug)]
 #[command(
     name = "cms-sandbox",
-    about = "CMS Blue Button 2.0 v2 sandbox emulator (loopback only)"
+    about = "CMS Blue Button 2.0 sandbox emulator, v2 and v3 (loopback only)"
 )]
 struct Args {
     /// Loopback address to listen on (port 0 picks a free port).

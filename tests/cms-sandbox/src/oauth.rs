@@ -6,7 +6,8 @@ use super::html;
 use super::json::J;
 use super::{
     detail_response, header_str, html_response, json_response, redirect, s256_challenge,
-    synthetic_user, AppState, Options, SyntheticUser, CT_JSON, DEFAULT_SCOPES, SCOPES_SUPPORTED,
+    synthetic_user, ApiVersion, AppState, Options, SyntheticUser, CT_JSON, DEFAULT_SCOPES,
+    SCOPES_SUPPORTED,
 };
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
@@ -43,6 +44,8 @@ struct Pending {
     lang: String,
     created: Instant,
     user: Option<&'static SyntheticUser>,
+    /// The version whose authorize endpoint started it (its consent page posts back there).
+    version: ApiVersion,
 }
 
 #[derive(Debug)]
@@ -159,12 +162,14 @@ impl AuthState {
     }
 
     /// Issues an access and refresh token pair (a ONE_TIME app: the access token alone) and answers the
-    /// token response body.
+    /// token response body. Tokens carry no version; `patient` is the beneficiary's id on the version
+    /// of the token endpoint, and absent when the crosswalk has none there.
     pub fn mint(
         &mut self,
         opts: &Options,
         user: &'static SyntheticUser,
         scopes: Vec<String>,
+        version: ApiVersion,
     ) -> String {
         let access = random_token();
         let refresh = random_token();
@@ -189,6 +194,7 @@ impl AuthState {
                 },
             );
         }
+        let patient = user.fhir_id(version);
         let expiration = self
             .grants
             .get(user.patient_id)
@@ -200,12 +206,14 @@ impl AuthState {
             ("token_type", J::str("Bearer")),
             ("scope", J::str(scopes.join(" "))),
             ("refresh_token", J::str(refresh)),
-            ("patient", J::str(user.patient_id)),
+            ("patient", J::str(patient.unwrap_or_default())),
             ("access_grant_expiration", J::str(expiration)),
         ];
-        if opts.one_time_app {
-            fields.retain(|(name, _)| *name != "refresh_token");
-        }
+        fields.retain(|(name, _)| match *name {
+            "refresh_token" => !opts.one_time_app,
+            "patient" => patient.is_some(),
+            _ => true,
+        });
         J::obj(fields).to_json()
     }
 
@@ -445,16 +453,18 @@ fn client_auth(
 // ---------------------------------------------------------------------------------------------------
 // Authorize, login, consent.
 
-pub(crate) async fn authorize_no_slash(RawQuery(query): RawQuery) -> Response {
+pub(crate) async fn authorize_no_slash(ver: ApiVersion, RawQuery(query): RawQuery) -> Response {
+    let p = ver.prefix();
     let location = match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("/v2/o/authorize/?{q}"),
-        None => "/v2/o/authorize/".to_string(),
+        Some(q) => format!("{p}/o/authorize/?{q}"),
+        None => format!("{p}/o/authorize/"),
     };
     redirect(StatusCode::MOVED_PERMANENTLY, &location)
 }
 
 pub(crate) async fn authorize(
     State(st): State<Arc<AppState>>,
+    ver: ApiVersion,
     method: Method,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -513,6 +523,10 @@ pub(crate) async fn authorize(
             )
         }
         Some(_) => {}
+    }
+    // v3 has no default scope set: the app must say what it asks for.
+    if ver == ApiVersion::V3 && get("scope").is_none_or(|s| s.trim().is_empty()) {
+        missing.push("scope");
     }
     if !missing.is_empty() {
         return status_message(
@@ -575,6 +589,7 @@ pub(crate) async fn authorize(
         lang,
         created: Instant::now(),
         user: None,
+        version: ver,
     };
     let auth_id = uuid::Uuid::new_v4().to_string();
     st.with_auth(|a| {
@@ -631,11 +646,11 @@ pub(crate) async fn login_submit(State(st): State<Arc<AppState>>, body: Bytes) -
         if user.is_some() {
             p.user = user;
         }
-        Some(p.lang.clone())
+        Some((p.lang.clone(), p.version))
     });
     match (outcome, user) {
         (None, _) => session_gone(),
-        (Some(lang), None) => html_response(
+        (Some((lang, _)), None) => html_response(
             StatusCode::OK,
             html::login_page(
                 &lang,
@@ -644,7 +659,10 @@ pub(crate) async fn login_submit(State(st): State<Arc<AppState>>, body: Bytes) -
                 Some("Invalid username or password."),
             ),
         ),
-        (Some(_), Some(_)) => redirect(StatusCode::FOUND, &format!("/v2/o/authorize/{auth_id}/")),
+        (Some((_, version)), Some(_)) => redirect(
+            StatusCode::FOUND,
+            &format!("{}/o/authorize/{auth_id}/", version.prefix()),
+        ),
     }
 }
 
@@ -668,6 +686,7 @@ pub(crate) async fn consent_form(
             APP_NAME,
             user.username,
             &p.scopes,
+            p.version.prefix(),
         ))
     });
     match page {
@@ -757,7 +776,11 @@ pub(crate) async fn consent_submit(
 // ---------------------------------------------------------------------------------------------------
 // Token endpoint.
 
-pub(crate) async fn token(State(st): State<Arc<AppState>>, req: Request) -> Response {
+pub(crate) async fn token(
+    State(st): State<Arc<AppState>>,
+    ver: ApiVersion,
+    req: Request,
+) -> Response {
     st.delay().await;
     let (headers, fields) = form_fields(req).await;
     if let Err(resp) = client_auth(&st, &headers, &fields) {
@@ -765,8 +788,8 @@ pub(crate) async fn token(State(st): State<Arc<AppState>>, req: Request) -> Resp
     }
     // DOT's server defaults a missing grant_type to authorization_code.
     match field(&fields, "grant_type").unwrap_or("authorization_code") {
-        "authorization_code" => code_grant(&st, &fields),
-        "refresh_token" => refresh_grant(&st, &fields),
+        "authorization_code" => code_grant(&st, ver, &fields),
+        "refresh_token" => refresh_grant(&st, ver, &fields),
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", None),
     }
 }
@@ -775,7 +798,7 @@ fn token_ok(body: String) -> Response {
     no_store(json_response(StatusCode::OK, body, CT_JSON))
 }
 
-fn code_grant(st: &AppState, fields: &[(String, String)]) -> Response {
+fn code_grant(st: &AppState, ver: ApiVersion, fields: &[(String, String)]) -> Response {
     let Some(code) = field(fields, "code").filter(|c| !c.is_empty()) else {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -822,14 +845,20 @@ fn code_grant(st: &AppState, fields: &[(String, String)]) -> Response {
             );
         }
         let c = a.codes.remove(code).expect("present above");
+        // A new authorization by the beneficiary replaces every token of theirs for this app, on
+        // either version (tokens carry none); the grant stays.
+        a.access
+            .retain(|_, t| t.user.patient_id != c.user.patient_id);
+        a.refresh
+            .retain(|_, t| t.user.patient_id != c.user.patient_id);
         if !a.grants.contains_key(c.user.patient_id) {
             a.upsert_grant(c.user.patient_id);
         }
-        token_ok(a.mint(&st.opts, c.user, c.scopes))
+        token_ok(a.mint(&st.opts, c.user, c.scopes, ver))
     })
 }
 
-fn refresh_grant(st: &AppState, fields: &[(String, String)]) -> Response {
+fn refresh_grant(st: &AppState, ver: ApiVersion, fields: &[(String, String)]) -> Response {
     let presented = field(fields, "refresh_token").unwrap_or_default();
     if st.opts.one_time_app {
         // BB2's `validate_app_is_active` refuses every refresh of a ONE_TIME app.
@@ -881,7 +910,7 @@ fn refresh_grant(st: &AppState, fields: &[(String, String)]) -> Response {
         if let Some(old) = rt.access.take() {
             a.access.remove(&old);
         }
-        token_ok(a.mint(&st.opts, user, scopes))
+        token_ok(a.mint(&st.opts, user, scopes, ver))
     })
 }
 
@@ -989,7 +1018,13 @@ pub(crate) async fn expire_authenticated_user(
 // ---------------------------------------------------------------------------------------------------
 // Userinfo and discovery.
 
-pub(crate) async fn userinfo(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+/// `sub` and `patient` are the beneficiary's id on this version; without one there, `patient` is left
+/// out and `sub` stays the v2 id (a subject must not vanish).
+pub(crate) async fn userinfo(
+    State(st): State<Arc<AppState>>,
+    ver: ApiVersion,
+    headers: HeaderMap,
+) -> Response {
     let unauthenticated = |detail: &str| {
         let mut r = detail_response(StatusCode::UNAUTHORIZED, detail, CT_JSON);
         r.headers_mut().insert(
@@ -1022,8 +1057,9 @@ pub(crate) async fn userinfo(State(st): State<Arc<AppState>>, headers: HeaderMap
             .map(|p| (p.given_name.clone(), p.family_name.clone()))
             .unwrap_or_default()
     };
-    let body = J::obj(vec![
-        ("sub", J::str(tok.user.patient_id)),
+    let fhir_id = tok.user.fhir_id(ver);
+    let mut fields = vec![
+        ("sub", J::str(fhir_id.unwrap_or(tok.user.patient_id))),
         (
             "name",
             J::str(format!("{given} {family}").trim().to_string()),
@@ -1039,9 +1075,11 @@ pub(crate) async fn userinfo(State(st): State<Arc<AppState>>, headers: HeaderMap
                 iat.millisecond()
             )),
         ),
-        ("patient", J::str(tok.user.patient_id)),
-    ]);
-    json_response(StatusCode::OK, body.to_json(), CT_JSON)
+    ];
+    if let Some(id) = fhir_id {
+        fields.push(("patient", J::str(id)));
+    }
+    json_response(StatusCode::OK, J::obj(fields).to_json(), CT_JSON)
 }
 
 /// The OIDC document as BB2's current `build_endpoint_info` builds it, on this origin.
@@ -1078,19 +1116,30 @@ pub(crate) async fn openid_configuration(State(st): State<Arc<AppState>>) -> Res
     json_response(StatusCode::OK, body.to_json(), CT_JSON)
 }
 
-/// The SMART document as BB2's current `build_smart_config_endpoint` builds it, on this origin.
-pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Response {
-    let o = &st.origin;
+/// The SMART document as BB2's current `build_smart_config_endpoint` builds it, on this origin, with
+/// the version's endpoints (v3 adds `permission-v3`).
+pub(crate) async fn smart_configuration(
+    State(st): State<Arc<AppState>>,
+    ver: ApiVersion,
+) -> Response {
+    let o = format!("{}{}", st.origin, ver.prefix());
+    let mut capabilities = vec![
+        "client-confidential-symmetric",
+        "context-standalone-patient",
+        "launch-standalone",
+        "permission-offline",
+        "permission-patient",
+        "permission-v1",
+        "permission-v2",
+        "authorize-post",
+    ];
+    if ver == ApiVersion::V3 {
+        capabilities.insert(7, "permission-v3");
+    }
     let body = J::obj(vec![
-        (
-            "authorization_endpoint",
-            J::str(format!("{o}/v2/o/authorize")),
-        ),
-        (
-            "revocation_endpoint",
-            J::str(format!("{o}/v2/o/revoke_token")),
-        ),
-        ("token_endpoint", J::str(format!("{o}/v2/o/token/"))),
+        ("authorization_endpoint", J::str(format!("{o}/o/authorize"))),
+        ("revocation_endpoint", J::str(format!("{o}/o/revoke_token"))),
+        ("token_endpoint", J::str(format!("{o}/o/token/"))),
         ("grant_types_supported", J::strs(&["authorization_code"])),
         ("response_types_supported", J::strs(&["code", "token"])),
         (
@@ -1108,19 +1157,7 @@ pub(crate) async fn smart_configuration(State(st): State<Arc<AppState>>) -> Resp
             ]),
         ),
         ("code_challenge_methods_supported", J::strs(&["S256"])),
-        (
-            "capabilities",
-            J::strs(&[
-                "client-confidential-symmetric",
-                "context-standalone-patient",
-                "launch-standalone",
-                "permission-offline",
-                "permission-patient",
-                "permission-v1",
-                "permission-v2",
-                "authorize-post",
-            ]),
-        ),
+        ("capabilities", J::strs(&capabilities)),
     ]);
     json_response(StatusCode::OK, body.to_json(), CT_JSON)
 }

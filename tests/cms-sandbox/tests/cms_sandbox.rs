@@ -1,7 +1,9 @@
-//! Integration tests of the CMS Blue Button 2.0 v2 sandbox emulator, driven over HTTP with reqwest.
+//! Integration tests of the CMS Blue Button 2.0 sandbox emulator (v2, then v3), driven over HTTP with
+//! reqwest.
 
 use cms_sandbox::{
-    parse_forms, s256_challenge, CmsSandbox, Options, BBUSER00001_PATIENT, BBUSER08325_PATIENT,
+    parse_forms, s256_challenge, ApiVersion, CmsSandbox, Options, BBUSER00001_PATIENT,
+    BBUSER08325_PATIENT, BBUSER08325_PATIENT_V3, BBUSER09001_PATIENT, BBUSER09001_PATIENT_V3,
     BBUSER29999_PATIENT,
 };
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -83,8 +85,22 @@ async fn consent_redirect(
     share: &str,
     button: &str,
 ) -> String {
+    let url = authorize_url(&sb.base_url(), params);
+    consent_redirect_from(sb, c, &url, username, password, share, button).await
+}
+
+/// [`consent_redirect`] from a given authorize URL (any version).
+async fn consent_redirect_from(
+    sb: &CmsSandbox,
+    c: &Client,
+    authorize: &str,
+    username: &str,
+    password: &str,
+    share: &str,
+    button: &str,
+) -> String {
     let base = sb.base_url();
-    let resp = c.get(authorize_url(&base, params)).send().await.unwrap();
+    let resp = c.get(authorize).send().await.unwrap();
     assert_eq!(
         resp.status(),
         StatusCode::FOUND,
@@ -164,7 +180,17 @@ async fn code_for(
 }
 
 async fn exchange(sb: &CmsSandbox, c: &Client, code: &str, verifier: &str) -> reqwest::Response {
-    c.post(format!("{}/v2/o/token/", sb.base_url()))
+    exchange_at(sb, c, ApiVersion::V2, code, verifier).await
+}
+
+async fn exchange_at(
+    sb: &CmsSandbox,
+    c: &Client,
+    version: ApiVersion,
+    code: &str,
+    verifier: &str,
+) -> reqwest::Response {
+    c.post(format!("{}{}/o/token/", sb.base_url(), version.prefix()))
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
         .form(&[
             ("grant_type", "authorization_code"),
@@ -829,11 +855,18 @@ async fn revoke_kills_every_token_of_the_grant() {
     let a = login(&sb, &c, "BBUser29999", None, "all").await;
     let b = login(&sb, &c, "BBUser29999", None, "all").await;
     let other = login(&sb, &c, "BBUser00001", None, "all").await;
+    // The second authorization already replaced the first one's tokens.
+    let eob = format!("{base}/v2/fhir/ExplanationOfBenefit/");
+    assert_eq!(
+        get(&c, &eob, &access(&a)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get(&c, &eob, &access(&b)).await.status(), StatusCode::OK);
 
     let resp = c
         .post(format!("{base}/v2/o/revoke/"))
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[("token", access(&a).as_str())])
+        .form(&[("token", access(&b).as_str())])
         .send()
         .await
         .unwrap();
@@ -848,7 +881,6 @@ async fn revoke_kills_every_token_of_the_grant() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
-    let eob = format!("{base}/v2/fhir/ExplanationOfBenefit/");
     for t in [&a, &b] {
         let resp = get(&c, &eob, &access(t)).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
@@ -2042,4 +2074,743 @@ async fn the_binary_announces_its_address_and_serves() {
         "non-loopback addresses are refused"
     );
     assert!(refused.stdout.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// v3
+
+const V3_SCOPE: &str =
+    "openid profile patient/Patient.rs patient/Coverage.rs patient/ExplanationOfBenefit.rs";
+const INTERNAL_BFD: &str = "https://prod-sbx.bfd.internal:7443/";
+
+/// Signs in through the v3 authorize endpoint and the forms; returns the code.
+async fn v3_code(sb: &CmsSandbox, c: &Client, user: &str, scope: &str) -> String {
+    let url = sb.authorize_url_for(
+        ApiVersion::V3,
+        STATE,
+        &s256_challenge(VERIFIER),
+        Some(scope),
+    );
+    let password = format!("PW{}!", &user[6..]);
+    let back = consent_redirect_from(sb, c, &url, user, &password, "all", "allow").await;
+    let q = query_of(&back);
+    assert_eq!(q.get("state").map(String::as_str), Some(STATE));
+    q["code"].clone()
+}
+
+fn v3_token(sb: &CmsSandbox, user: &str) -> String {
+    access(&sb.issue_tokens_for(ApiVersion::V3, user, None).unwrap())
+}
+
+/// Asserts a v3 pass-through error: BFD's OperationOutcome with that status.
+async fn assert_outcome(resp: reqwest::Response, status: StatusCode) -> String {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()[CONTENT_TYPE], "application/fhir+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["severity"], "error");
+    assert_eq!(body["issue"][0]["code"], "processing");
+    body["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn denied() -> Value {
+    json!({"detail": "You do not have permission to perform this action."})
+}
+
+#[tokio::test]
+async fn v3_authorize_requires_a_scope() {
+    let sb = start(opts()).await;
+    let c = client();
+    let challenge = s256_challenge(VERIFIER);
+    for scope in [None, Some(""), Some("  ")] {
+        let url = sb.authorize_url_for(ApiVersion::V3, STATE, &challenge, scope);
+        let resp = c.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{scope:?}");
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({"status_code": 400, "message": "Missing Required Parameter(s): scope"})
+        );
+    }
+    // The slash-less form redirects within v3; v2 keeps its default scopes.
+    let url = sb.authorize_url_for(ApiVersion::V3, STATE, &challenge, Some("profile"));
+    let resp = c
+        .get(url.replace("/authorize/?", "/authorize?"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::MOVED_PERMANENTLY);
+    assert!(location(&resp).starts_with("/v3/o/authorize/?"));
+    let resp = c
+        .get(sb.authorize_url(STATE, &challenge, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+}
+
+#[tokio::test]
+async fn v3_sign_in_gives_the_v3_id_and_the_token_works_on_both_versions() {
+    let sb = start(opts()).await;
+    let c = client();
+    let base = sb.base_url();
+    let code = v3_code(&sb, &c, "BBUser09001", &format!("{V3_SCOPE} bogus")).await;
+    let resp = exchange_at(&sb, &c, ApiVersion::V3, &code, VERIFIER).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let tokens: Value = resp.json().await.unwrap();
+    assert_eq!(tokens["patient"], BBUSER09001_PATIENT_V3);
+    assert_eq!(tokens["scope"], V3_SCOPE, "requested ∩ registered");
+    let t = access(&tokens);
+
+    let (status, _, patient) = get_json(
+        &c,
+        &format!("{base}/v3/fhir/Patient/{BBUSER09001_PATIENT_V3}"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patient["id"], BBUSER09001_PATIENT_V3);
+    let (status, _, info) = get_json(&c, &format!("{base}/v3/connect/userinfo"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["patient"], BBUSER09001_PATIENT_V3);
+    assert_eq!(info["sub"], BBUSER09001_PATIENT_V3);
+
+    // The same token on v2, with the v2 id.
+    let (status, _, patient) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/Patient/{BBUSER09001_PATIENT}"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patient["id"], BBUSER09001_PATIENT);
+    let (status, _, eobs) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/ExplanationOfBenefit/?patient={BBUSER09001_PATIENT}"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(eobs["total"], 30);
+    assert_eq!(
+        eobs["entry"][0]["resource"]["patient"]["reference"],
+        format!("Patient/{BBUSER09001_PATIENT}")
+    );
+    let (_, _, info) = get_json(&c, &format!("{base}/v2/connect/userinfo"), &t).await;
+    assert_eq!(info["patient"], BBUSER09001_PATIENT);
+    // A v3 id does not work on v2.
+    let (status, _, _) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/ExplanationOfBenefit/?patient={BBUSER09001_PATIENT_V3}"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A refresh at v3 answers the v3 id, at v2 the v2 id.
+    let resp = c
+        .post(format!("{base}/v3/o/token/"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let refreshed: Value = resp.json().await.unwrap();
+    assert_eq!(refreshed["patient"], BBUSER09001_PATIENT_V3);
+    let v2 = refresh(&sb, &c, refreshed["refresh_token"].as_str().unwrap(), None).await;
+    assert_eq!(
+        v2.json::<Value>().await.unwrap()["patient"],
+        BBUSER09001_PATIENT
+    );
+
+    // Counters tell the versions apart.
+    let counters: Value = c
+        .get(format!("{base}/_emulator/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counters["by_path"]["/v3/o/token/"]["200"], 2);
+    assert_eq!(counters["by_path"]["/v3/connect/userinfo"]["200"], 1);
+
+    // /v3/o/revoke/ drops the grant and every token of the beneficiary, whatever version minted it.
+    let t = access(&sb.issue_tokens("BBUser09001", None).unwrap());
+    let resp = c
+        .post(format!("{base}/v3/o/revoke/"))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", t.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let eob = format!("{base}/v3/fhir/ExplanationOfBenefit");
+    assert_eq!(get(&c, &eob, &t).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn v3_sign_in_posts_consent_to_v3_and_a_v2_only_beneficiary_gets_403() {
+    let sb = start(opts()).await;
+    let c = client();
+    let base = sb.base_url();
+    // The consent form of a v3 flow posts to the v3 authorize endpoint.
+    let url = sb.authorize_url_for(
+        ApiVersion::V3,
+        STATE,
+        &s256_challenge(VERIFIER),
+        Some(V3_SCOPE),
+    );
+    let resp = c.get(&url).send().await.unwrap();
+    let login_url = format!("{base}{}", location(&resp));
+    let html = c
+        .get(&login_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let form = parse_forms(&html).remove(0);
+    let mut fields = form.fields.clone();
+    fields.extend([
+        ("username".to_string(), "BBUser29999".to_string()),
+        ("password".into(), "PW29999!".into()),
+    ]);
+    let resp = c
+        .post(format!("{base}{}", form.action))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let consent = location(&resp);
+    assert!(consent.starts_with("/v3/o/authorize/"), "{consent}");
+    let html = c
+        .get(format!("{base}{consent}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(parse_forms(&html)[0].action, consent);
+
+    // BBUser29999 has no v3 id: the v3 token answer has no `patient`, v3 FHIR is refused, v2 works.
+    let code = v3_code(&sb, &c, "BBUser29999", V3_SCOPE).await;
+    let tokens: Value = exchange_at(&sb, &c, ApiVersion::V3, &code, VERIFIER)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(tokens.get("patient").is_none(), "{tokens}");
+    let t = access(&tokens);
+    for path in [
+        "/v3/fhir/ExplanationOfBenefit",
+        "/v3/fhir/Patient/",
+        "/v3/fhir/Coverage",
+        "/v3/fhir/Patient/$generate-insurance-card",
+        &format!("/v3/fhir/Patient/{BBUSER29999_PATIENT}"),
+    ] {
+        let (status, _, body) = get_json(&c, &format!("{base}{path}"), &t).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(body, denied(), "{path}");
+    }
+    let (status, _, info) = get_json(&c, &format!("{base}/v3/connect/userinfo"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(info.get("patient").is_none(), "{info}");
+    let (status, _, _) = get_json(&c, &format!("{base}/v2/fhir/ExplanationOfBenefit"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // BBUser08325 has both: its one claim is on v3 under a numeric id.
+    let t = v3_token(&sb, "BBUser08325");
+    let (status, _, bundle) =
+        get_json(&c, &format!("{base}/v3/fhir/ExplanationOfBenefit"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(entry_ids(&bundle), vec!["22639159481".to_string()]);
+    assert_eq!(
+        bundle["entry"][0]["resource"]["patient"]["reference"],
+        format!("Patient/{BBUSER08325_PATIENT_V3}")
+    );
+}
+
+#[tokio::test]
+async fn v3_eob_paging_by_next_returns_every_claim_once_while_total_misleads() {
+    let sb = start(opts()).await;
+    let c = client();
+    let base = sb.base_url();
+    let t = v3_token(&sb, "BBUser09001");
+    let mut url = Some(format!(
+        "{base}/v3/fhir/ExplanationOfBenefit?patient={BBUSER09001_PATIENT_V3}&_count=7"
+    ));
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    while let Some(u) = url {
+        let (status, _, page) = get_json(&c, &u, &t).await;
+        assert_eq!(status, StatusCode::OK);
+        let rels = relations(&page);
+        assert!(
+            rels.iter()
+                .all(|r| ["next", "previous", "self"].contains(&r.as_str())),
+            "{rels:?}"
+        );
+        assert!(link(&page, "self").unwrap().starts_with(INTERNAL_BFD));
+        let entries = entry_ids(&page);
+        url = link(&page, "next");
+        match &url {
+            Some(next) => {
+                assert_eq!(page["total"], 7, "total is _count while there is more");
+                assert!(next.starts_with(&format!("{base}/v3/fhir/ExplanationOfBenefit?")));
+                let q = query_of(next);
+                assert_eq!(q["_count"], "7");
+                assert_eq!(q["patient"], BBUSER09001_PATIENT_V3);
+                assert_eq!(q["_offset"], (ids.len() + entries.len()).to_string());
+            }
+            None => assert_eq!(page["total"], entries.len(), "last page: its own size"),
+        }
+        ids.extend(entries);
+        pages += 1;
+        assert!(pages <= 10, "paging must end");
+    }
+    assert_eq!((pages, ids.len()), (5, 30));
+    assert!(ids.iter().all(|id| id.bytes().all(|b| b.is_ascii_digit())));
+    // The same claims as v2, in the same order.
+    let t2 = access(&sb.issue_tokens("BBUser09001", None).unwrap());
+    let (_, _, v2) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/ExplanationOfBenefit?_count=50"),
+        &t2,
+    )
+    .await;
+    let v2_numbers: Vec<String> = entry_ids(&v2)
+        .iter()
+        .map(|id| {
+            id.trim_start_matches(|ch: char| !ch.is_ascii_digit())
+                .to_string()
+        })
+        .collect();
+    assert_eq!(v2_numbers, ids);
+
+    // previous; startIndex is a fallback for _offset; beyond the end an empty searchset.
+    let eob = format!("{base}/v3/fhir/ExplanationOfBenefit/");
+    let (_, _, page) = get_json(&c, &format!("{eob}?_count=10&startIndex=20"), &t).await;
+    assert_eq!(entry_ids(&page), ids[20..30]);
+    assert_eq!(query_of(&link(&page, "previous").unwrap())["_offset"], "10");
+    let (_, _, page) = get_json(&c, &format!("{eob}?_offset=5&startIndex=20"), &t).await;
+    assert_eq!(entry_ids(&page), ids[5..15]);
+    assert_eq!(page["total"], 10);
+    let (status, _, page) = get_json(&c, &format!("{eob}?_offset=40"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(entry_ids(&page).is_empty() && link(&page, "next").is_none());
+    assert_eq!(page["total"], 0);
+
+    // Growth through the control API, addressed by the v3 id, shows on v3 too.
+    control(
+        &c,
+        &sb,
+        &format!("/patients/{BBUSER09001_PATIENT_V3}/eob-count"),
+        json!({"count": 45}),
+    )
+    .await;
+    let (_, _, page) = get_json(&c, &format!("{eob}?_count=50"), &t).await;
+    assert_eq!(entry_ids(&page).len(), 45);
+    assert_eq!(entry_ids(&page)[..30], ids[..]);
+    let state: Value = c
+        .get(format!("{base}/_emulator/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let p = &state["patients"][BBUSER09001_PATIENT];
+    assert_eq!(
+        (p["v3_id"].as_str(), p["eob_count"].as_u64()),
+        (Some(BBUSER09001_PATIENT_V3), Some(45))
+    );
+    assert_eq!(p["v3_eob_count"], 49, "45 finals and 4 partials");
+    assert!(state["patients"][BBUSER29999_PATIENT]
+        .get("v3_id")
+        .is_none());
+}
+
+#[tokio::test]
+async fn v3_errors_are_operation_outcomes_except_permission() {
+    let sb = start(opts()).await;
+    let c = client();
+    let base = sb.base_url();
+    let t = v3_token(&sb, "BBUser09001");
+
+    // Patient and Coverage are not paged: one Bundle, and paging parameters are refused.
+    let (status, _, cov) = get_json(&c, &format!("{base}/v3/fhir/Coverage?_count=1"), &t).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids = entry_ids(&cov);
+    assert_eq!(
+        ids,
+        [
+            "part-a-30250000009001",
+            "part-b-30250000009001",
+            "part-d-30250000009001"
+        ]
+    );
+    assert_eq!(cov["total"], 3);
+    assert_eq!(relations(&cov), ["self"]);
+    assert_eq!(
+        cov["entry"][0]["resource"]["beneficiary"]["reference"],
+        format!("Patient/{BBUSER09001_PATIENT_V3}")
+    );
+    let (status, _, _) = get_json(
+        &c,
+        &format!("{base}/v3/fhir/Coverage/part-d-30250000009001"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for bad in [
+        "/v3/fhir/Patient?startIndex=0",
+        "/v3/fhir/Patient/?_offset=10",
+        "/v3/fhir/Coverage?startIndex=10",
+        "/v3/fhir/ExplanationOfBenefit?_count=51",
+        "/v3/fhir/ExplanationOfBenefit?_count=ten",
+        "/v3/fhir/ExplanationOfBenefit?_offset=-1",
+        "/v3/fhir/ExplanationOfBenefit?_lastUpdated=ge2021-13-45",
+        "/v3/fhir/ExplanationOfBenefit?service-date=2021",
+        "/v3/fhir/ExplanationOfBenefit?_source=EDB",
+    ] {
+        let diagnostics = assert_outcome(
+            get(&c, &format!("{base}{bad}"), &t).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(!diagnostics.is_empty(), "{bad}");
+    }
+    let d = assert_outcome(
+        get(&c, &format!("{base}/v3/fhir/Patient?startIndex=0"), &t).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(d.contains("startIndex"), "{d}");
+    // v2 keeps its DRF bodies for the same mistakes.
+    let (status, _, body) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/ExplanationOfBenefit?_count=51"),
+        &t,
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"detail": "value must be at most 50"})
+        )
+    );
+
+    // Unknown ids: 404 OperationOutcome (a v2 EOB id is unknown on v3).
+    for path in [
+        "/v3/fhir/ExplanationOfBenefit/123",
+        "/v3/fhir/ExplanationOfBenefit/carrier--9001000000",
+        &format!("/v3/fhir/Patient/{BBUSER09001_PATIENT}"),
+    ] {
+        assert_outcome(
+            get(&c, &format!("{base}{path}"), &t).await,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    }
+    let (status, _, eob) = get_json(
+        &c,
+        &format!("{base}/v3/fhir/ExplanationOfBenefit/9001000000"),
+        &t,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(eob["id"], "9001000000");
+
+    // Forced faults answer BFD's OperationOutcome with the forced status; 429 keeps Retry-After.
+    let eob = format!("{base}/v3/fhir/ExplanationOfBenefit");
+    control(&c, &sb, "/faults/next", json!({"count": 2, "status": 503})).await;
+    assert_outcome(get(&c, &eob, &t).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_outcome(
+        get(&c, &format!("{eob}/9001000000"), &t).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    control(&c, &sb, "/faults/next", json!({"count": 1, "status": 429})).await;
+    let resp = get(&c, &eob, &t).await;
+    assert_eq!(resp.headers()[RETRY_AFTER], "1");
+    assert_outcome(resp, StatusCode::TOO_MANY_REQUESTS).await;
+    control(
+        &c,
+        &sb,
+        "/faults/start-index",
+        json!({"start_index": 10, "status": 500, "resource": "ExplanationOfBenefit"}),
+    )
+    .await;
+    assert_eq!(
+        get(&c, &format!("{eob}?_offset=0"), &t).await.status(),
+        StatusCode::OK
+    );
+    assert_outcome(
+        get(&c, &format!("{eob}?_offset=10"), &t).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    control(&c, &sb, "/faults/next", json!({"count": 1, "status": 503})).await;
+    let resp = get(&c, &format!("{base}/v2/fhir/ExplanationOfBenefit"), &t).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        resp.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "v2 unchanged"
+    );
+
+    // Permission failures stay DRF bodies: no scope, another patient, a grant gone (by v3 id).
+    let narrow = access(
+        &sb.issue_tokens_for(ApiVersion::V3, "BBUser09001", Some("patient/Patient.rs"))
+            .unwrap(),
+    );
+    let (status, _, body) = get_json(&c, &eob, &narrow).await;
+    assert_eq!((status, body), (StatusCode::FORBIDDEN, denied()));
+    let (status, _, body) = get_json(&c, &format!("{eob}?patient={BBUSER09001_PATIENT}"), &t).await;
+    assert_eq!((status, body), (StatusCode::FORBIDDEN, denied()));
+    control(
+        &c,
+        &sb,
+        &format!("/grants/{BBUSER09001_PATIENT_V3}/delete"),
+        json!({}),
+    )
+    .await;
+    let (status, _, body) = get_json(&c, &eob, &t).await;
+    assert_eq!((status, body), (StatusCode::FORBIDDEN, denied()));
+}
+
+#[tokio::test]
+async fn v3_eob_filters_source_tag_and_security() {
+    let sb = start(opts()).await;
+    let c = client();
+    let eob = format!("{}/v3/fhir/ExplanationOfBenefit?_count=50", sb.base_url());
+    let t = v3_token(&sb, "BBUser09002");
+    let search = |q: &str| {
+        let (c, t, url) = (c.clone(), t.clone(), format!("{eob}{q}"));
+        async move {
+            let (status, _, b) = get_json(&c, &url, &t).await;
+            assert_eq!(status, StatusCode::OK, "{url}");
+            b["entry"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e["resource"].clone())
+                .collect::<Vec<Value>>()
+        }
+    };
+    let tag = |r: &Value| r["meta"]["tag"][0]["code"].as_str().unwrap().to_string();
+    let claim = |r: &Value| r["identifier"][0]["value"].as_str().unwrap().to_string();
+
+    // By default (BB2 adds _source=NCH,DDPS) only final claims, which have no partial duplicates.
+    let finals = search("").await;
+    assert_eq!(finals.len(), 30);
+    assert!(finals
+        .iter()
+        .all(|r| ["NCH", "DDPS"].contains(&r["meta"]["source"].as_str().unwrap())));
+    assert!(finals.iter().all(|r| tag(r) == "Adjudicated"));
+    assert_eq!(
+        finals[0]["meta"]["tag"][0]["system"],
+        "https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status"
+    );
+    // A pilot claim's identifier is its number, which is also its v3 id.
+    assert!(finals
+        .iter()
+        .all(|r| claim(r) == format!("-{}", r["id"].as_str().unwrap())));
+    let final_claims: HashSet<String> = finals.iter().map(claim).collect();
+    assert_eq!(
+        final_claims.len(),
+        30,
+        "claim identifiers are unique among finals"
+    );
+
+    // Partially adjudicated claims: two versions of final claims, two without a final yet.
+    let partials = search("&_source=FISS,MCS").await;
+    assert_eq!(partials.len(), 4);
+    assert!(partials.iter().all(|r| tag(r) == "PartiallyAdjudicated"));
+    assert!(partials.iter().all(|r| r["outcome"] == "partial"));
+    let with_final = partials
+        .iter()
+        .filter(|r| final_claims.contains(&claim(r)))
+        .count();
+    assert_eq!(with_final, 2);
+    assert!(
+        partials
+            .iter()
+            .all(|r| !finals.iter().any(|f| f["id"] == r["id"])),
+        "distinct ids"
+    );
+    assert_eq!(search("&_source=MCS").await.len(), 2);
+    assert_eq!(search("&_source=CWF").await.len(), 0);
+    assert_eq!(search("&_source=NCH&_source=DDPS,FISS").await.len(), 32);
+
+    // _tag replaces the default _source.
+    assert_eq!(search("&_tag=PartiallyAdjudicated").await.len(), 4);
+    let system = "https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status";
+    let tagged = search(&format!("&_tag={system}|Adjudicated,PartiallyAdjudicated")).await;
+    assert_eq!(tagged.len(), 34);
+    assert_eq!(
+        search("&_tag=http://other.example|Adjudicated").await.len(),
+        0
+    );
+
+    // 42 CFR Part 2: one labelled final claim.
+    let labelled: Vec<&Value> = finals
+        .iter()
+        .filter(|r| r["meta"]["security"][0]["code"] == "42CFRPart2")
+        .collect();
+    assert_eq!(labelled.len(), 1);
+    let without = search("&_security:not=42CFRPart2").await;
+    assert_eq!(without.len(), 29);
+    assert!(!without.iter().any(|r| r["id"] == labelled[0]["id"]));
+
+    // The v2 filters work on v3 too.
+    let drugs = search("&type=pde").await;
+    assert_eq!(drugs.len(), 10);
+    assert!(drugs.iter().all(|r| r["meta"]["source"] == "DDPS"));
+}
+
+#[tokio::test]
+async fn v3_insurance_card_metadata_and_discovery() {
+    let sb = start(opts()).await;
+    let c = client();
+    let base = sb.base_url();
+    let t = v3_token(&sb, "BBUser09003");
+    for path in [
+        "/v3/fhir/Patient/$generate-insurance-card",
+        "/v3/fhir/Patient/$generate-insurance-card/",
+    ] {
+        let (status, headers, card) = get_json(&c, &format!("{base}{path}"), &t).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "application/fhir+json");
+        assert_eq!(
+            (card["resourceType"].as_str(), card["type"].as_str()),
+            (Some("Bundle"), Some("collection"))
+        );
+        let entries = card["entry"].as_array().unwrap();
+        let types: Vec<&str> = entries
+            .iter()
+            .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "Patient",
+                "Coverage",
+                "Coverage",
+                "Coverage",
+                "Organization"
+            ]
+        );
+        for e in entries {
+            let r = &e["resource"];
+            assert_eq!(
+                e["fullUrl"],
+                format!("urn:uuid:{}", r["id"].as_str().unwrap())
+            );
+            assert_eq!(
+                r["meta"]["profile"][0],
+                format!(
+                    "http://hl7.org/fhir/us/insurance-card/StructureDefinition/C4DIC-{}",
+                    r["resourceType"].as_str().unwrap()
+                )
+            );
+        }
+        assert_eq!(
+            entries[1]["resource"]["payor"][0]["reference"],
+            entries[4]["fullUrl"]
+        );
+        assert_eq!(
+            entries[1]["resource"]["beneficiary"]["reference"],
+            entries[0]["fullUrl"]
+        );
+    }
+    // It needs a Patient read and a Coverage search scope.
+    let narrow = access(
+        &sb.issue_tokens_for(
+            ApiVersion::V3,
+            "BBUser09003",
+            Some("patient/Patient.r patient/Coverage.r"),
+        )
+        .unwrap(),
+    );
+    let (status, _, body) = get_json(
+        &c,
+        &format!("{base}/v3/fhir/Patient/$generate-insurance-card"),
+        &narrow,
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::FORBIDDEN, denied()));
+    // v2 has no such operation: the Patient read answers it.
+    let t2 = access(&sb.issue_tokens("BBUser09003", None).unwrap());
+    let (status, _, _) = get_json(
+        &c,
+        &format!("{base}/v2/fhir/Patient/$generate-insurance-card"),
+        &t2,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let meta: Value = c
+        .get(format!("{base}/v3/fhir/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["resourceType"], "CapabilityStatement");
+    assert_eq!(meta["fhirVersion"], "4.0.1");
+    assert_eq!(meta["implementation"]["url"], format!("{base}/v3/fhir"));
+    assert!(!meta.to_string().contains("/v2/"));
+    let smart: Value = c
+        .get(format!("{base}/v3/fhir/.well-known/smart-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(smart["token_endpoint"], format!("{base}/v3/o/token/"));
+    assert_eq!(
+        smart["authorization_endpoint"],
+        format!("{base}/v3/o/authorize")
+    );
+    assert!(smart["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "permission-v3"));
+    let v2: Value = c
+        .get(format!("{base}/v2/fhir/.well-known/smart-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!v2["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "permission-v3"));
+    // No OIDC discovery on v3.
+    let resp = c
+        .get(format!(
+            "{base}/v3/connect/.well-known/openid-configuration"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
