@@ -2,9 +2,9 @@
 
 LinuxForHealth connect validates every POST /fhir body with fhir.resources 6.x (pydantic 1.x models,
 `extra = forbid`). This script reads those models and writes the model names connect accepts and, for
-the types reachable from Bundle, Patient, Coverage, ExplanationOfBenefit and AuditEvent, each element's
-JSON name, type, enforced cardinality, position in FHIR order and choice group, in pydantic's field order
-(the order errors are reported in).
+the types reachable from Bundle, Patient, Coverage, ExplanationOfBenefit, Organization and AuditEvent,
+each element's JSON name, type, enforced cardinality, position in FHIR order and choice group, in
+pydantic's field order (the order errors are reported in).
 
     python3 -m venv /tmp/fhirvenv
     /tmp/fhirvenv/bin/pip install "fhir.resources==6.4.0" "pydantic<2"
@@ -21,7 +21,8 @@ from fhir.resources import fhirtypes
 from fhir.resources.fhirtypesvalidators import MODEL_CLASSES, get_fhir_model_class
 from fhir.resources.resource import Resource
 
-ROOTS = ["Bundle", "Patient", "Coverage", "ExplanationOfBenefit", "AuditEvent", "Resource", "FHIRPrimitiveExtension"]
+ROOTS = ["Bundle", "Patient", "Coverage", "ExplanationOfBenefit", "Organization", "AuditEvent", "Resource",
+         "FHIRPrimitiveExtension"]
 NOTES = []
 
 

@@ -2,8 +2,8 @@
 //!
 //! Connect validates each POST with `fhir.resources` 6.x (pydantic 1.x, `extra = forbid`) and answers
 //! 500 with pydantic's error text. The element table `r4_schema.txt` was generated from those models
-//! (`r4_schema_gen.py`) for every type reachable from Bundle, Patient, Coverage, ExplanationOfBenefit and
-//! AuditEvent, so for those the checks and the messages follow pydantic's:
+//! (`r4_schema_gen.py`) for every type reachable from Bundle, Patient, Coverage, ExplanationOfBenefit,
+//! Organization and AuditEvent, so for those the checks and the messages follow pydantic's:
 //! - a model first checks `resourceType`, then its pre-root validators (required primitives, which an
 //!   `_x` extension may stand in for; then choice groups `x[x]`), and stops at the first of those that
 //!   fails; then every field in pydantic's order; then unknown keys, sorted;
@@ -15,7 +15,7 @@
 //! have their JSON type (pydantic also takes `5` for a string, `"true"` for a boolean, `"1.5"` for a
 //! decimal, `1.7` for an integer), dates and date-times must match the FHIR grammar and be real calendar
 //! dates (pydantic accepts `2020-01-01T10:00` without a zone), and a string is never parsed as JSON
-//! where an object is expected. Other model names (Organization, Encounter, ...) are only checked to be
+//! where an object is expected. Other model names (Encounter, Practitioner, ...) are only checked to be
 //! objects naming their own type.
 
 use std::collections::{HashMap, HashSet};

@@ -161,6 +161,9 @@ const FHIR_RESOURCES_ANSWERS: &[(&str, &str, Option<&str>)] = &[
     ("Patient", r#"{"resourceType":"Patient","maritalStatus":"2020"}"#, Some("1 validation error for Patient\nmaritalStatus -> __root__\n  CodeableConcept expected dict not int (type=type_error)")),
     ("Patient", r#"{"resourceType":"Patient","name":[{"given":["a",null],"_given":[null,{"extension":[{"url":"u","valueString":"x"}]}]}]}"#, None),
     ("Bundle", r#"{"resourceType":"Bundle","type":"batch","entry":[{"resource":{"resourceType":["x"]}}]}"#, Some("1 validation error for Bundle\nentry -> 0 -> resource\n  can only concatenate list (not \"str\") to list (type=type_error)")),
+    ("Organization", r#"{"resourceType":"Organization","name":"x","foo":1}"#, Some("1 validation error for Organization\nfoo\n  extra fields not permitted (type=value_error.extra)")),
+    ("Organization", r#"{"resourceType":"Organization","contact":[{"purpose":{"text":"x"},"nmae":"y"}]}"#, Some("1 validation error for Organization\ncontact -> 0 -> nmae\n  extra fields not permitted (type=value_error.extra)")),
+    ("Organization", r#"{"resourceType":"Organization","alias":"x"}"#, Some("1 validation error for Organization\nalias\n  value is not a valid list (type=type_error.list)")),
 ];
 
 #[test]
@@ -341,6 +344,91 @@ async fn invalid_fhir_is_500_with_the_validation_text() {
         "'fhir.resources.fhirtypes.NopeType' doesnt found."
     );
     assert_eq!(sandbox.stats().records, 0);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The C4DIC digital insurance card (Blue Button v3): a Bundle of Patient, Coverage and Organization.
+
+/// The card's payer, as the app delivers it.
+fn c4dic_organization() -> Value {
+    json!({
+        "resourceType": "Organization",
+        "id": "c4dic-payer",
+        "active": true,
+        "name": "Centers for Medicare and Medicaid Services",
+        "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.840.1.113883.4.927"}],
+        "telecom": [{"system": "phone", "value": "1-800-633-4227"}],
+        "meta": {"profile": ["http://hl7.org/fhir/us/insurance-card/StructureDefinition/C4DIC-Organization"]}
+    })
+}
+
+fn c4dic_bundle(organization: Value) -> Value {
+    let patient = json!({"resourceType": "Patient", "id": "-20140000010000"});
+    let coverage = json!({
+        "resourceType": "Coverage",
+        "id": "c4dic-part-a",
+        "status": "active",
+        "beneficiary": {"reference": "Patient/-20140000010000"},
+        "payor": [{"reference": "Organization/c4dic-payer"}]
+    });
+    json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": patient}, {"resource": coverage}, {"resource": organization}]
+    })
+}
+
+/// Connect validates Organization with fhir.resources like any other type: the card's payer is taken
+/// alone and in the card's Bundle, and stored in FHIR's element order; an unknown element is refused.
+#[tokio::test]
+async fn the_digital_insurance_cards_organization_is_validated_like_any_resource() {
+    let sandbox = start(unlimited()).await;
+    let client = Client::new();
+    // fhir.resources: json.dumps(construct_fhir_element("Organization", org).dict()).
+    let stored = r#"{"resourceType": "Organization", "id": "c4dic-payer", "meta": {"profile": ["http://hl7.org/fhir/us/insurance-card/StructureDefinition/C4DIC-Organization"]}, "identifier": [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.840.1.113883.4.927"}], "active": true, "name": "Centers for Medicare and Medicaid Services", "telecom": [{"system": "phone", "value": "1-800-633-4227"}]}"#;
+
+    let reply = post(
+        &client,
+        &sandbox,
+        "/fhir/Organization",
+        &c4dic_organization(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let env = reply.json();
+    assert_eq!(env["consuming_endpoint_url"], "/fhir/Organization");
+    let (text, resource) = decode_data(&env);
+    assert_eq!(resource, c4dic_organization());
+    assert_eq!(text, stored);
+
+    let reply = post(
+        &client,
+        &sandbox,
+        "/fhir/Bundle",
+        &c4dic_bundle(c4dic_organization()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let (text, resource) = decode_data(&reply.json());
+    assert_eq!(resource, c4dic_bundle(c4dic_organization()));
+    assert!(text.contains(stored), "{text}");
+    assert_eq!(sandbox.stats().records, 2);
+
+    let mut unknown = c4dic_organization();
+    unknown["payerKind"] = json!("medicare");
+    let reply = post(&client, &sandbox, "/fhir/Organization", &unknown).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        reply.detail(),
+        "1 validation error for Organization\npayerKind\n  extra fields not permitted (type=value_error.extra)"
+    );
+    let reply = post(&client, &sandbox, "/fhir/Bundle", &c4dic_bundle(unknown)).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        reply.detail(),
+        "1 validation error for Bundle\nentry -> 2 -> resource -> payerKind\n  extra fields not permitted (type=value_error.extra)"
+    );
+    assert_eq!(sandbox.stats().records, 2);
 }
 
 // ---------------------------------------------------------------------------------------------------
