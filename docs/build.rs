@@ -6,6 +6,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use shared::config::ApiVersion;
+
 /// The files served under /docs/, with their content types; `None` = taken from Swagger UI's `dist/`.
 const FILES: [(&str, &str, Option<&str>); 5] = [
     ("index.html", "text/html; charset=utf-8", Some(INDEX_HTML)),
@@ -90,11 +92,14 @@ fn main() {
             asset(&out, name, content_type, &content)
         ));
     }
-    let openapi = shared::openapi::json();
-    table.push_str(&format!(
-        "    ],\n    openapi: {},\n}}\n",
-        asset(&out, "openapi.json", "application/json", openapi.as_bytes())
-    ));
+    table.push_str("    ],\n    openapi: [\n");
+    for version in [ApiVersion::V2, ApiVersion::V3] {
+        let openapi = shared::openapi::json(version);
+        let name = format!("openapi-{version}.json");
+        let entry = asset(&out, &name, "application/json", openapi.as_bytes());
+        table.push_str(&format!("        {entry},\n"));
+    }
+    table.push_str("    ],\n}\n");
     std::fs::write(out.join("assets.rs"), table).expect("OUT_DIR is writable");
 }
 

@@ -11,8 +11,11 @@ use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::auth::oauth::AuthorizationStart;
-use crate::cms::search::{CLAIM_TYPES_PATTERN, DATE_FILTER_PATTERN};
+use crate::cms::search::{
+    CLAIM_SOURCES_PATTERN, CLAIM_TYPES_PATTERN, DATE_FILTER_PATTERN, TOKENS_PATTERN,
+};
 use crate::cms::sync::SyncReport;
+use crate::config::ApiVersion;
 use crate::connect::dead_letters::DeadLetter;
 use crate::connect::outbox::OutboxEntry;
 use crate::connect::DeliveryResult;
@@ -255,6 +258,79 @@ fetch_path!(
     "Every page of the session's claims (ExplanationOfBenefit) from CMS.",
     "As for Patient, with the claim filters `type` and `service-date` besides."
 );
+fetch_path!(
+    fetch_claims_v3,
+    "/bluebutton/fhir/ExplanationOfBenefit",
+    params(FetchParams, ClaimFilters, V3ClaimFilters),
+    "Every page of the session's claims (ExplanationOfBenefit) from CMS.",
+    "As for Patient, with the claim filters `type`, `service-date`, `_tag`, `_source` and \
+     `_security:not` besides. Without `_tag` or `_source`, the claims of `cms_eob_sources` are \
+     fetched (by default final action claims, NCH and DDPS). A partially adjudicated claim is left \
+     out when its final version (the same claim identifier) comes in the same fetch."
+);
+fetch_path!(
+    fetch_insurance_card,
+    "/bluebutton/fhir/insurance-card",
+    params(CardParams),
+    "The beneficiary's digital insurance card, from CMS's `Patient/$generate-insurance-card`.",
+    "A `collection` Bundle (CARIN Digital Insurance Card) of the beneficiary's Patient, their \
+     Coverage and the payer's Organization, delivered to connect unless `push=false`. Needs the \
+     Patient and Coverage scopes."
+);
+
+/// `_source`: claim sources, comma-separated.
+struct ClaimSourcesParam;
+
+impl utoipa::PartialSchema for ClaimSourcesParam {
+    fn schema() -> RefOr<Schema> {
+        string_matching(
+            CLAIM_SOURCES_PATTERN,
+            "claim sources, comma-separated, e.g. `NCH,DDPS` or `FISS,MCS,VMS`",
+        )
+    }
+}
+impl ToSchema for ClaimSourcesParam {}
+
+/// FHIR tokens, comma-separated.
+struct Tokens;
+
+impl utoipa::PartialSchema for Tokens {
+    fn schema() -> RefOr<Schema> {
+        string_matching(
+            TOKENS_PATTERN,
+            "FHIR tokens (`code` or `system|code`), comma-separated",
+        )
+    }
+}
+impl ToSchema for Tokens {}
+
+/// The claim filters Blue Button v3 adds.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct V3ClaimFilters {
+    /// Claims with these `meta.tag` codes, e.g. `Adjudicated` or `PartiallyAdjudicated`.
+    #[param(rename = "_tag", inline)]
+    tag: Option<Tokens>,
+    /// Claims from these systems: final action `NCH`, `DDPS`; partially adjudicated `FISS`, `MCS`,
+    /// `VMS`; `CWF`.
+    #[param(rename = "_source", inline)]
+    source: Option<ClaimSourcesParam>,
+    /// Leave out claims with these security labels, e.g. `42CFRPart2`.
+    #[param(rename = "_security:not", inline)]
+    security_not: Option<Tokens>,
+}
+
+/// The parameters of `GET /bluebutton/fhir/insurance-card`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CardParams {
+    /// Must be the session's own patient.
+    patient: Option<String>,
+    /// Also deliver to connect (default true).
+    push: Option<bool>,
+    /// Answer with the Bundle (default true), or with the delivery to connect.
+    return_cms: Option<bool>,
+}
 
 /// Sync every authorized patient (or one) to connect: what changed since the last sync of each type.
 #[utoipa::path(post, path = "/bluebutton/sync", tag = "connect",
@@ -429,7 +505,6 @@ impl Modify for Security {
         end_session,
         fetch_patient,
         fetch_coverage,
-        fetch_claims,
         sync,
         deliver,
         outbox,
@@ -454,20 +529,34 @@ impl Modify for Security {
 )]
 struct ApiDoc;
 
-/// The OpenAPI 3.1 document, as JSON.
-pub fn json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the document serializes")
+/// The claims route as v2 serves it.
+#[derive(OpenApi)]
+#[openapi(paths(fetch_claims))]
+struct V2Routes;
+
+/// The claims route with v3's filters, and the insurance card.
+#[derive(OpenApi)]
+#[openapi(paths(fetch_claims_v3, fetch_insurance_card))]
+struct V3Routes;
+
+/// The OpenAPI 3.1 document of a deployment on Blue Button `version`, as JSON.
+pub fn json(version: ApiVersion) -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(match version {
+        ApiVersion::V2 => V2Routes::openapi(),
+        ApiVersion::V3 => V3Routes::openapi(),
+    });
+    doc.to_pretty_json().expect("the document serializes")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cms::search::V3_CLAIM_FILTERS;
 
     #[test]
     fn every_resource_type_has_its_own_path_and_only_claims_take_claim_filters() {
-        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&json(ApiVersion::V2)).unwrap();
         for resource_type in ResourceType::ALL {
             let path = format!("/bluebutton/fhir/{resource_type}");
             let params: Vec<&str> = doc["paths"][&path]["get"]["parameters"]
@@ -489,6 +578,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn v3_documents_its_claim_filters_and_the_insurance_card_and_v2_neither() {
+        let doc = |v| serde_json::from_str::<serde_json::Value>(&json(v)).unwrap();
+        let (v2, v3) = (doc(ApiVersion::V2), doc(ApiVersion::V3));
+        let claims = "/bluebutton/fhir/ExplanationOfBenefit";
+        for name in V3_CLAIM_FILTERS {
+            parameter(&v3, claims, name);
+            let params = v2["paths"][claims]["get"]["parameters"].as_array().unwrap();
+            assert!(params.iter().all(|p| p["name"] != name), "{name} on v2");
+        }
+        assert_eq!(
+            parameter(&v3, claims, "_source")["schema"]["pattern"],
+            CLAIM_SOURCES_PATTERN
+        );
+        let card = "/bluebutton/fhir/insurance-card";
+        assert!(v3["paths"][card]["get"].is_object());
+        assert!(v2["paths"].get(card).is_none());
+    }
+
     fn parameter<'a>(doc: &'a serde_json::Value, path: &str, name: &str) -> &'a serde_json::Value {
         doc["paths"][path]["get"]["parameters"]
             .as_array()
@@ -500,7 +608,7 @@ mod tests {
 
     #[test]
     fn the_documented_filter_patterns_are_the_ones_enforced() {
-        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&json(ApiVersion::V2)).unwrap();
         let claims = "/bluebutton/fhir/ExplanationOfBenefit";
         for name in ["_lastUpdated", "service-date"] {
             let schema = &parameter(&doc, claims, name)["schema"];
@@ -512,7 +620,7 @@ mod tests {
 
     #[test]
     fn the_documented_since_pattern_is_the_one_enforced() {
-        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&json(ApiVersion::V2)).unwrap();
         let schema = &parameter(&doc, "/bluebutton/audit", "_since")["schema"];
         assert_eq!(
             schema["pattern"],
@@ -523,7 +631,7 @@ mod tests {
 
     #[test]
     fn the_documented_return_to_pattern_is_the_one_enforced() {
-        let doc: serde_json::Value = serde_json::from_str(&json()).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&json(ApiVersion::V2)).unwrap();
         let params = doc["paths"]["/bluebutton/authorize"]["get"]["parameters"]
             .as_array()
             .unwrap();

@@ -97,7 +97,7 @@ fn token_json(cms: &mut FakeCms, ttl: i64) -> Value {
         "access_token": format!("access-{}", cms.issued),
         "expires_in": ttl,
         "token_type": "Bearer",
-        "scope": "patient/Patient.rs patient/ExplanationOfBenefit.rs",
+        "scope": "patient/Patient.rs patient/Coverage.rs patient/ExplanationOfBenefit.rs",
         "refresh_token": refresh,
         "patient": "-20140000010000",
         "access_grant_expiration": "2027-12-29T21:20:00Z",
@@ -135,6 +135,17 @@ fn install_cms(p: &FakePlatform, ttl: i64) -> Rc<RefCell<FakeCms>> {
                 let issue = json!({"severity": "error", "code": "processing",
                     "diagnostics": "Invalid _lastUpdated at https://bfd.internal:7443/v3/fhir"});
                 return respond(status, json!({"resourceType": "OperationOutcome", "issue": [issue]}));
+            }
+            if path == "/v2/fhir/Patient/$generate-insurance-card" {
+                let entry = |resource: Value| json!({"fullUrl": "urn:uuid:x", "resource": resource});
+                return respond(
+                    200,
+                    json!({"resourceType": "Bundle", "type": "collection", "entry": [
+                        entry(json!({"resourceType": "Patient", "id": "-30250000010000"})),
+                        entry(json!({"resourceType": "Coverage", "id": "part-a--30250000010000"})),
+                        entry(json!({"resourceType": "Organization", "id": "c4dic-cms"})),
+                    ]}),
+                );
             }
             if path == "/v2/fhir/ExplanationOfBenefit/" {
                 cms.eob_requests += 1;
@@ -276,7 +287,7 @@ fn callback_exchanges_the_code_with_pkce_and_returns_an_opaque_session() {
     assert_eq!(body["patient"], "-20140000010000");
     assert_eq!(
         body["scope"],
-        "patient/Patient.rs patient/ExplanationOfBenefit.rs"
+        "patient/Patient.rs patient/Coverage.rs patient/ExplanationOfBenefit.rs"
     );
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
     let session = body["session"].as_str().unwrap();
@@ -635,4 +646,51 @@ fn a_session_works_only_on_the_api_version_that_issued_it() {
     // honours its tokens (this fake keeps refresh tokens across sign-ins).
     assert_eq!(fhir(&p, &fresh).status(), 401);
     assert_eq!(fhir(&p, &session).status(), 200);
+}
+
+#[test]
+fn the_insurance_card_is_a_v3_collection_and_v2_says_so() {
+    let card = |p: &FakePlatform, session: &str| {
+        let req = http::Request::get("/bluebutton/fhir/insurance-card?push=false")
+            .header("spin-path-info", "/insurance-card")
+            .header("Authorization", format!("Bearer {session}"))
+            .body(Vec::new())
+            .unwrap();
+        serve(p, FhirFetch, req)
+    };
+    let p = v3();
+    let cms = install_cms(&p, 3600);
+    let session = login(&p, &cms);
+    let resp = card(&p, &session);
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(resp.body())
+    );
+    let bundle = json_body(&resp);
+    assert_eq!(bundle["type"], "collection");
+    assert!(bundle.get("total").is_none(), "a collection has no total");
+    let types: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Patient", "Coverage", "Organization"]);
+    assert!(p.sent.borrow().iter().any(|r| r
+        .uri()
+        .to_string()
+        .ends_with("/v3/fhir/Patient/$generate-insurance-card")));
+
+    let v2 = platform();
+    let cms = install_cms(&v2, 3600);
+    let session = login(&v2, &cms);
+    let resp = card(&v2, &session);
+    assert_eq!(resp.status(), 404);
+    let detail = json_body(&resp)["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("v3 operation, and this app uses v2"),
+        "{detail}"
+    );
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::auth::session::TokenSet;
-use crate::config::OAuthClient;
+use crate::config::{ApiVersion, OAuthClient};
 use crate::error::Error;
 use crate::ports::{Clock, HttpError, Platform, Random};
 use crate::retry::{self, RetryPolicy};
@@ -255,7 +255,15 @@ fn token_set(
         .patient
         .clone()
         .or_else(|| fallback.map(|f| f.patient.clone()))
-        .ok_or_else(|| Error::BadGateway("CMS's token response names no `patient`".into()))?;
+        .ok_or_else(|| match client.api_version {
+            // BB2 names the patient from its crosswalk, which has no v3 id for some beneficiaries.
+            ApiVersion::V3 => Error::Forbidden(
+                "CMS has no Blue Button v3 record for this beneficiary (its token names no \
+                 patient): they cannot use this app until CMS moves them to v3"
+                    .into(),
+            ),
+            ApiVersion::V2 => Error::BadGateway("CMS's token response names no `patient`".into()),
+        })?;
     Ok(TokenSet {
         access_token: resp.access_token().secret().clone(),
         refresh_token: resp

@@ -88,12 +88,21 @@ impl Session {
     /// Whether the beneficiary let this app search their `resource_type` (`patient/{Type}.read`, `.s`
     /// or `.rs`); a type un-ticked at consent answers 403 at CMS.
     pub fn may_search(&self, resource_type: crate::fhir::ResourceType) -> bool {
+        self.granted(resource_type, &["read", "s", "rs"])
+    }
+
+    /// Whether the beneficiary let this app read their `resource_type` by id (`.read`, `.r` or `.rs`).
+    pub fn may_read(&self, resource_type: crate::fhir::ResourceType) -> bool {
+        self.granted(resource_type, &["read", "r", "rs"])
+    }
+
+    fn granted(&self, resource_type: crate::fhir::ResourceType, accesses: &[&str]) -> bool {
         let prefix = format!("patient/{resource_type}.");
         self.tokens()
             .scope
             .split_whitespace()
             .filter_map(|s| s.strip_prefix(&prefix))
-            .any(|access| matches!(access, "read" | "s" | "rs"))
+            .any(|access| accesses.contains(&access))
     }
 
     /// A `patient` parameter, when given, must name this session's patient.

@@ -166,9 +166,13 @@ fn read_event(
         .map(|(name, value)| format!("{name}={value}"))
         .collect();
     query.push(format!("_count={}", search.limits.page_size));
+    let query = match search.insurance_card {
+        true => "$generate-insurance-card".to_string(),
+        false => query.join("&"),
+    };
     let mut data = Data {
         resource_type: resource_type.to_string(),
-        query: Some(query.join("&")),
+        query: Some(query),
         ..Data::default()
     };
     let event = match summary {

@@ -180,6 +180,9 @@ pub struct SearchRequest {
     pub limits: FetchLimits,
     /// Filters passed through to CMS as given (`_lastUpdated`, `type`, `service-date`).
     pub filters: Vec<(String, String)>,
+    /// Not a search: v3's digital insurance card (`Patient/$generate-insurance-card`), one Bundle of
+    /// the beneficiary's Patient, Coverage and the payer's Organization. `resource_type` is Patient.
+    pub insurance_card: bool,
 }
 
 impl SearchRequest {
@@ -197,6 +200,10 @@ impl SearchRequest {
         patient: &str,
         start: Option<u64>,
     ) -> String {
+        if self.insurance_card {
+            let path = version.path("/fhir/Patient/$generate-insurance-card");
+            return format!("{base}{path}");
+        }
         let path = version.path(&format!("/fhir/{}/", self.resource_type));
         let mut url = Url::parse(&format!("{base}{path}")).expect("the base URL was validated");
         {
@@ -402,6 +409,7 @@ mod tests {
                 ("_lastUpdated".into(), "gt2024-01-01".into()),
                 ("type".into(), "carrier,pde".into()),
             ],
+            insurance_card: false,
         };
         let url = search.page_url("https://cms.test", ApiVersion::V2, "-1", Some(100));
         assert_eq!(

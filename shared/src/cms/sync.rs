@@ -209,6 +209,7 @@ impl<P: Platform> PatientJob<'_, P> {
             filters: cursor::since_filter(self.vault, &patient, resource_type)?
                 .into_iter()
                 .collect(),
+            insurance_card: false,
         };
         let mut delivery = Delivery::start(
             self.vault,

@@ -11,6 +11,8 @@ use crate::ports::{ResponseWriter, WriteError};
 
 pub struct BundleOut<W: ResponseWriter> {
     writer: Option<W>,
+    /// A `searchset` states its `total`; a `collection` (the insurance card) has none.
+    searchset: bool,
     buffer: Vec<u8>,
     budget: usize,
     planned: Option<usize>,
@@ -26,14 +28,17 @@ fn gone(err: WriteError) -> Error {
 }
 
 impl<W: ResponseWriter> BundleOut<W> {
-    pub fn new(writer: W, budget: usize, self_url: &str) -> Self {
-        let mut buffer =
-            br#"{"resourceType":"Bundle","type":"searchset","link":[{"relation":"self","url":"#
-                .to_vec();
+    pub fn new(writer: W, budget: usize, self_url: &str, searchset: bool) -> Self {
+        let mut buffer = match searchset {
+            true => br#"{"resourceType":"Bundle","type":"searchset","#.to_vec(),
+            false => br#"{"resourceType":"Bundle","type":"collection","#.to_vec(),
+        };
+        buffer.extend_from_slice(br#""link":[{"relation":"self","url":"#);
         serde_json::to_writer(&mut buffer, self_url).expect("a string serializes");
         buffer.extend_from_slice(br#"}],"entry":["#);
         BundleOut {
             writer: Some(writer),
+            searchset,
             buffer,
             budget,
             planned: None,
@@ -79,9 +84,12 @@ impl<W: ResponseWriter> BundleOut<W> {
     }
 
     pub fn finish(mut self, summary: &FetchSummary, delivery: Option<&DeliveryResult>) {
-        self.buffer.extend_from_slice(br#"],"total":"#);
-        self.buffer
-            .extend_from_slice(self.entries.to_string().as_bytes());
+        self.buffer.push(b']');
+        if self.searchset {
+            self.buffer.extend_from_slice(br#","total":"#);
+            self.buffer
+                .extend_from_slice(self.entries.to_string().as_bytes());
+        }
         self.buffer.push(b'}');
         if self.started {
             let ok = self.flush().is_ok();

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 
+use crate::config::ApiVersion;
 use crate::error::Error;
 use crate::http::health::{self, PATH as HEALTH_PATH};
 use crate::http::problem::respond;
@@ -15,8 +16,17 @@ use crate::ports::Platform;
 pub struct Assets {
     /// Under `/docs/`.
     pub files: &'static [Asset],
-    /// `/openapi.json`.
-    pub openapi: Asset,
+    /// `/openapi.json`, for Blue Button v2 and v3 deployments.
+    pub openapi: [Asset; 2],
+}
+
+impl Assets {
+    fn openapi(&self, version: ApiVersion) -> &Asset {
+        match version {
+            ApiVersion::V2 => &self.openapi[0],
+            ApiVersion::V3 => &self.openapi[1],
+        }
+    }
 }
 
 pub struct Asset {
@@ -48,7 +58,10 @@ pub async fn handle(
     }
     match path {
         "/" | "/docs" => redirect("/docs/"),
-        "/openapi.json" => respond(send(head, &assets.openapi)),
+        // The routes a deployment serves depend on its API version (v3 adds filters and a route).
+        "/openapi.json" => {
+            respond(ApiVersion::load(platform).and_then(|v| send(head, assets.openapi(v))))
+        }
         HEALTH_PATH => health::app(platform, &COMPONENTS).await.response(),
         _ => match path.strip_prefix(DOCS_PREFIX) {
             Some(name) => respond(asset(head, assets, name)),

@@ -1,6 +1,7 @@
 //! `GET /bluebutton/fhir/{type}`: every page of the session's resources of that type — as one searchset
 //! Bundle (streamed once it outgrows `response_buffer_bytes`), delivered to connect unless `push=false`,
-//! or answered with the delivery result when `return_cms=false`.
+//! or answered with the delivery result when `return_cms=false`. `GET /bluebutton/fhir/insurance-card`
+//! (v3): the beneficiary's digital insurance card, a `collection` Bundle, answered and delivered alike.
 
 use crate::audit::{Agent, Audit};
 use crate::auth::session::{self, Session};
@@ -34,9 +35,10 @@ struct FetchRequest {
 }
 
 impl FetchRequest {
-    /// Only a complete delivery moves the sync's cursor: pushed, and not narrowed by a filter.
+    /// Only a complete delivery moves the sync's cursor: pushed, and not narrowed by a filter (the
+    /// insurance card is not a search: it has no cursor).
     fn moves_cursor(&self) -> bool {
-        self.push && !self.filtered
+        self.push && !self.filtered && !self.search.insurance_card
     }
 }
 
@@ -52,14 +54,26 @@ fn parse<P: Platform>(
     vault: &Vault<'_, P>,
     uri: &http::Uri,
     session: &Session,
-    resource_type: ResourceType,
+    target: Target,
 ) -> Result<FetchRequest, Error> {
+    let Target {
+        resource_type,
+        insurance_card,
+    } = target;
     let limits = FetchLimits::load(vault.platform)?;
     let mut filters = Vec::new();
     let (mut since_last, mut return_cms, mut push) = (false, true, true);
     for (name, value) in query_pairs(uri) {
         match name.as_str() {
             "patient" => session.check_patient(Some(&value))?,
+            "return_cms" => return_cms = flag(&value, "return_cms")?,
+            "push" => push = flag(&value, "push")?,
+            _ if insurance_card => {
+                return Err(Error::BadRequest(format!(
+                    "`{name}` is not a parameter of /bluebutton/fhir/insurance-card, which takes \
+                     `patient`, `push` and `return_cms`"
+                )))
+            }
             "since" if value == "last" => since_last = true,
             "since" => {
                 return Err(Error::BadRequest(
@@ -67,8 +81,6 @@ fn parse<P: Platform>(
                         .into(),
                 ))
             }
-            "return_cms" => return_cms = flag(&value, "return_cms")?,
-            "push" => push = flag(&value, "push")?,
             n if resource_type.filters().contains(&n) => {
                 check_filter(n, &value)?;
                 filters.push((name, value))
@@ -105,6 +117,7 @@ fn parse<P: Platform>(
             resource_type,
             limits,
             filters,
+            insurance_card,
         },
         filtered,
         return_cms,
@@ -118,16 +131,46 @@ struct Prepared {
     connect: Option<ConnectSettings>,
 }
 
-/// The resource type a path names, before anything else is looked at.
-fn resource_type_of(head: &http::request::Parts) -> Result<ResourceType, Error> {
+/// What a path asks for: a search of one resource type, or v3's insurance card (rooted at Patient).
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    resource_type: ResourceType,
+    insurance_card: bool,
+}
+
+const INSURANCE_CARD: &str = "insurance-card";
+
+/// What a path names, before anything else is looked at.
+fn target_of(head: &http::request::Parts) -> Result<Target, Error> {
     let info = path_info(head);
     let name = info.trim_matches('/');
-    ResourceType::parse(name).ok_or_else(|| {
+    if name == INSURANCE_CARD {
+        return Ok(Target {
+            resource_type: ResourceType::Patient,
+            insurance_card: true,
+        });
+    }
+    let resource_type = ResourceType::parse(name).ok_or_else(|| {
         Error::NotFound(format!(
-            "no such resource type `{name}`: use one of {}",
+            "no such resource type `{name}`: use one of {}, or {INSURANCE_CARD}",
             ResourceType::names()
         ))
+    })?;
+    Ok(Target {
+        resource_type,
+        insurance_card: false,
     })
+}
+
+/// The insurance card is v3's alone: on v2 CMS has no such operation.
+fn check_offered(target: Target, version: ApiVersion) -> Result<(), Error> {
+    if target.insurance_card && version != ApiVersion::V3 {
+        return Err(Error::NotFound(format!(
+            "the digital insurance card (CMS's `Patient/$generate-insurance-card`) is a Blue Button \
+             v3 operation, and this app uses {version} (`cms_api_version`)"
+        )));
+    }
+    Ok(())
 }
 
 fn prepare<P: Platform>(
@@ -135,16 +178,26 @@ fn prepare<P: Platform>(
     audit: &Audit<'_, P>,
     ctx: &TokenContext,
     head: &http::request::Parts,
-    resource_type: ResourceType,
+    target: Target,
 ) -> Result<Prepared, Error> {
     let session = session::authenticate(vault, &ctx.limits, bearer(&head.headers), audit)?;
-    if !session.may_search(resource_type) {
+    let resource_type = target.resource_type;
+    // CMS builds the card from the beneficiary's Patient (read) and Coverage (search).
+    let granted = match target.insurance_card {
+        true => session.may_read(resource_type) && session.may_search(ResourceType::Coverage),
+        false => session.may_search(resource_type),
+    };
+    if !granted {
+        let what = match target.insurance_card {
+            true => "their Patient and Coverage, which the insurance card needs,".to_string(),
+            false => resource_type.to_string(),
+        };
         return Err(Error::Forbidden(format!(
-            "the beneficiary did not share {resource_type} with this app (scope `{}`)",
+            "the beneficiary did not share {what} with this app (scope `{}`)",
             session.tokens().scope
         )));
     }
-    let request = parse(vault, &head.uri, &session, resource_type)?;
+    let request = parse(vault, &head.uri, &session, target)?;
     let connect = if request.push {
         Some(ConnectSettings::load(vault.platform)?)
     } else {
@@ -193,11 +246,13 @@ pub async fn fetch<W: ResponseWriter>(
     head: &http::request::Parts,
     writer: W,
 ) {
-    let loaded = resource_type_of(head).and_then(|resource_type| {
+    let loaded = target_of(head).and_then(|target| {
         require_method(head, "GET")?;
-        Ok((resource_type, TokenContext::load(platform)?))
+        let ctx = TokenContext::load(platform)?;
+        check_offered(target, ctx.client.api_version)?;
+        Ok((target, ctx))
     });
-    let (resource_type, ctx) = match loaded {
+    let (target, ctx) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => return write_full(writer, err.into_response()),
     };
@@ -207,7 +262,7 @@ pub async fn fetch<W: ResponseWriter>(
         mut session,
         request,
         connect,
-    } = match prepare(&vault, &audit, &ctx, head, resource_type) {
+    } = match prepare(&vault, &audit, &ctx, head, target) {
         Ok(prepared) => prepared,
         Err(err) => {
             // Authenticating may have ended an idle session, an event like any other.
@@ -219,7 +274,8 @@ pub async fn fetch<W: ResponseWriter>(
     let started = platform.now();
     let answer = if request.return_cms {
         let budget = request.search.limits.response_buffer_bytes;
-        Answer::Bundle(BundleOut::new(writer, budget, &full_url(head)))
+        let searchset = !target.insurance_card;
+        Answer::Bundle(BundleOut::new(writer, budget, &full_url(head), searchset))
     } else {
         Answer::Delivery(writer)
     };
