@@ -225,6 +225,7 @@ pub struct OAuthClient {
     pub api_version: ApiVersion,
     pub client_id: String,
     pub redirect_uri: String,
+    /// What `authorize` asks for (only that component reads `cms_scopes`).
     pub scopes: Option<String>,
 }
 
@@ -233,22 +234,12 @@ impl OAuthClient {
         let redirect_uri = required(vars, "redirect_uri")?;
         Url::parse(&redirect_uri)
             .map_err(|e| Error::Config(format!("`redirect_uri` is not a URL ({e})")))?;
-        let api_version = ApiVersion::load(vars)?;
-        let scopes = optional(vars, "cms_scopes")?;
-        if api_version == ApiVersion::V3 && scopes.is_none() {
-            return Err(Error::Config(
-                "`cms_scopes` is empty, but Blue Button v3 refuses an authorization without a \
-                 scope: set it, e.g. to `openid profile patient/Patient.rs patient/Coverage.rs \
-                 patient/ExplanationOfBenefit.rs`"
-                    .into(),
-            ));
-        }
         Ok(OAuthClient {
             cms_base_url: origin(vars, "cms_base_url")?,
-            api_version,
+            api_version: ApiVersion::load(vars)?,
             client_id: required(vars, "cms_client_id")?,
             redirect_uri,
-            scopes,
+            scopes: optional(vars, "cms_scopes")?,
         })
     }
 }
@@ -403,9 +394,6 @@ mod tests {
             .with_var("cms_client_id", "id");
         assert_eq!(OAuthClient::load(&p).unwrap().api_version, ApiVersion::V2);
         let p = p.with_var("cms_api_version", "v3");
-        let err = OAuthClient::load(&p).unwrap_err();
-        assert!(err.to_string().contains("cms_scopes"), "{err}");
-        let p = p.with_var("cms_scopes", "patient/Patient.rs");
         assert_eq!(OAuthClient::load(&p).unwrap().api_version, ApiVersion::V3);
         let p = p.with_var("cms_api_version", "v4");
         assert!(OAuthClient::load(&p)

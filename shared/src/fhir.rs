@@ -116,6 +116,9 @@ pub const PARTIALLY_ADJUDICATED: &str = "PartiallyAdjudicated";
 /// `FISS`, `MCS` and `VMS` ([`PARTIAL_SOURCES`]), and `CWF`.
 pub const CLAIM_SOURCES: [&str; 6] = ["NCH", "DDPS", "FISS", "MCS", "VMS", "CWF"];
 
+/// The end of the identifier system of a claim's group (`…/identifier/claim-group`).
+const CLAIM_GROUP: &str = "/claim-group";
+
 /// The `_source` values of partially adjudicated claims.
 pub const PARTIAL_SOURCES: [&str; 3] = ["FISS", "MCS", "VMS"];
 
@@ -166,9 +169,11 @@ impl Head<'_> {
             let last = s.rsplit(['#', '/', ':']).next().unwrap_or(s);
             PARTIAL_SOURCES.iter().any(|p| last.eq_ignore_ascii_case(p))
         });
+        // CMS types the claim group `uc` too, but many claims share one: it names no single claim.
         let identifiers = self
             .identifier
             .iter()
+            .filter(|i| !i.system.as_deref().unwrap_or("").ends_with(CLAIM_GROUP))
             .filter_map(|i| {
                 let value = i.value.as_deref()?;
                 Some(format!("{}|{value}", i.system.as_deref().unwrap_or("")))
@@ -316,7 +321,8 @@ mod tests {
             r#"{"resourceType":"ExplanationOfBenefit","id":"1","meta":{"tag":[
             {"system":"https://bluebutton.cms.gov/fhir/CodeSystem/Adjudication-Status",
              "code":"PartiallyAdjudicated"}]},
-            "identifier":[{"system":"https://bluebutton.cms.gov/claim-id","value":"c\u00e91"}]}"#,
+            "identifier":[{"system":"https://bluebutton.cms.gov/claim-id","value":"c\u00e91"},
+              {"system":"https://bluebutton.cms.gov/resources/identifier/claim-group","value":"-4"}]}"#,
         )
         .unwrap();
         assert!(partial.partial);

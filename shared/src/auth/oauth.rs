@@ -73,6 +73,19 @@ pub fn new_verifier(random: &impl Random) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// v3 refuses an authorization without `scope` (v2 grants the app's registered scopes).
+pub fn check_scopes(client: &OAuthClient) -> Result<(), Error> {
+    if client.api_version == ApiVersion::V3 && client.scopes.is_none() {
+        return Err(Error::Config(
+            "`cms_scopes` is empty, but Blue Button v3 refuses an authorization without a scope: \
+             set it, e.g. to `openid profile patient/Patient.rs patient/Coverage.rs \
+             patient/ExplanationOfBenefit.rs`"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// CMS's authorize URL for a stored state and its verifier's challenge.
 pub fn authorize_url(
     client: &OAuthClient,
@@ -80,6 +93,7 @@ pub fn authorize_url(
     verifier: &str,
     lang: Option<&str>,
 ) -> Result<String, Error> {
+    check_scopes(client)?;
     let challenge =
         PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(verifier.to_string()));
     let state = CsrfToken::new(state.to_string());
@@ -434,6 +448,14 @@ mod tests {
         assert_eq!(q["state"], "a-state-of-at-least-16");
         let url = authorize_url(&client(), "s", &verifier, None).unwrap();
         assert!(!params(&url).contains_key("lang"));
+
+        let mut v3 = client();
+        v3.api_version = ApiVersion::V3;
+        let url = authorize_url(&v3, "s", &verifier, None).unwrap();
+        assert!(url.starts_with("https://sandbox.bluebutton.cms.gov/v3/o/authorize/?"));
+        v3.scopes = None;
+        let err = authorize_url(&v3, "s", &verifier, None).unwrap_err();
+        assert!(err.to_string().contains("`cms_scopes` is empty"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub fn begin<P: Backing>(
     return_to: Option<&str>,
 ) -> Result<AuthorizationStart, Error> {
     oauth::check_request(lang, return_to)?;
+    // A deployment CMS would refuse stores nothing.
+    oauth::check_scopes(client)?;
     // 32 random bytes: a 43-character state (CMS needs at least 16).
     let mut bytes = [0u8; 32];
     vault.platform.fill(&mut bytes);

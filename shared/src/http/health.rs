@@ -81,6 +81,10 @@ fn check_settings(platform: &impl Platform, check: Check, health: &mut Health) {
                 "cms_client_id",
                 config::required(platform, "cms_client_id").map(drop),
             );
+            put(
+                "cms_api_version",
+                config::ApiVersion::load(platform).map(drop),
+            );
             put("redirect_uri", OAuthClient::load(platform).map(drop));
         }
         Check::ClientSecret => put(

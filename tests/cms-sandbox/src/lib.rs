@@ -339,6 +339,10 @@ pub struct Options {
     /// The app is registered with BB2's ONE_TIME data access type: token answers carry no refresh
     /// token, and a refresh is refused (403 `invalid_client`).
     pub one_time_app: bool,
+    /// `false` keeps a beneficiary's earlier tokens alive across new authorizations, which BB2 never
+    /// does (default `true`): for load tests whose many sessions stand in for as many beneficiaries,
+    /// when the emulator has only a handful of users.
+    pub new_authorization_replaces_tokens: bool,
 }
 
 impl Default for Options {
@@ -355,6 +359,7 @@ impl Default for Options {
             retry_after_secs: 1,
             require_cms_client_id_format: false,
             one_time_app: false,
+            new_authorization_replaces_tokens: true,
         }
     }
 }

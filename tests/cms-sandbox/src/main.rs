@@ -74,6 +74,8 @@ async fn main() -> anyhow::Result<()> {
         retry_after_secs: args.retry_after,
         require_cms_client_id_format: args.require_cms_client_id_format,
         one_time_app: args.one_time_app,
+        // As BB2 does: a new authorization replaces the beneficiary's earlier tokens.
+        ..Options::default()
     };
     let sandbox = CmsSandbox::start(args.listen, opts).await?;
     {

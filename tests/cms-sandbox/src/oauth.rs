@@ -847,10 +847,12 @@ fn code_grant(st: &AppState, ver: ApiVersion, fields: &[(String, String)]) -> Re
         let c = a.codes.remove(code).expect("present above");
         // A new authorization by the beneficiary replaces every token of theirs for this app, on
         // either version (tokens carry none); the grant stays.
-        a.access
-            .retain(|_, t| t.user.patient_id != c.user.patient_id);
-        a.refresh
-            .retain(|_, t| t.user.patient_id != c.user.patient_id);
+        if st.opts.new_authorization_replaces_tokens {
+            a.access
+                .retain(|_, t| t.user.patient_id != c.user.patient_id);
+            a.refresh
+                .retain(|_, t| t.user.patient_id != c.user.patient_id);
+        }
         if !a.grants.contains_key(c.user.patient_id) {
             a.upsert_grant(c.user.patient_id);
         }

@@ -171,6 +171,41 @@ pub fn resources_in(connect: &connect_sandbox::ConnectSandbox) -> Vec<serde_json
         .collect()
 }
 
+/// What a bare reader gets from CMS: every page from `first` by its `next` link, one at a time, with
+/// `token`; the entries' ids in order. The reference the app's answers are held to.
+pub async fn next_link_ids(first: &str, token: &str) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    // One client, so its connection is kept from page to page as any reader's would be.
+    let client = http();
+    let mut ids = Vec::new();
+    let mut next = Some(first.to_string());
+    while let Some(url) = next {
+        let page: serde_json::Value = client
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        for entry in page["entry"].as_array().into_iter().flatten() {
+            ids.push(
+                entry["resource"]["id"]
+                    .as_str()
+                    .context("an entry without id")?
+                    .to_string(),
+            );
+        }
+        next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string);
+    }
+    Ok(ids)
+}
+
 /// The CMS emulator's request counters (`by_path`, `by_status`, `total`).
 pub async fn cms_counters(cms: &cms_sandbox::CmsSandbox) -> serde_json::Value {
     http()

@@ -79,6 +79,9 @@ type Measurement = fn() -> LocalBoxFuture<'static, Result<Vec<Figure>>>;
 /// Every measurement, in the order they run.
 const MEASUREMENTS: &[(&str, Measurement)] = &[
     ("the paged 1,000-EOB fetch", || Box::pin(paged_fetch())),
+    ("the v3 1,000-EOB fetch by next links", || {
+        Box::pin(v3_next_fetch())
+    }),
     ("the original client's way", || Box::pin(seed_way())),
     ("the sync into connect", || Box::pin(sync_into_connect())),
     ("the real CMS claims", || Box::pin(real_claims())),
@@ -194,6 +197,110 @@ async fn paged_fetch() -> Result<Vec<Figure>> {
             "x the floor (target <= 1.3)",
         ),
     ])
+}
+
+/// `fetch_1000_v3_vs_next_reader`: on v3, where `total` cannot plan the pages, the app's fetch (offset
+/// pages fetched ahead, each used only once the chain names it) against a bare reader following `next`
+/// one page at a time on the same emulator, both checked to return the same 1,000 ids in order.
+async fn v3_next_fetch() -> Result<Vec<Figure>> {
+    const PILOT: &str = "BBUser09001";
+    let eobs = 1000;
+    let stack = Stack::start(
+        |o| o.latency_ms = LATENCY_MS,
+        &[
+            "cms_api_version=v3".to_string(),
+            format!("fetch_concurrency={CONCURRENCY}"),
+            format!("page_size={PAGE_SIZE}"),
+        ],
+    )
+    .await?;
+    let signed_in = sign_in(&stack.base_url(), PILOT).await?;
+    let session = signed_in["session"].as_str().context("no session")?;
+    let patient = signed_in["patient"].as_str().context("no patient")?;
+    let path = format!("patients/{patient}/eob-count");
+    stack
+        .cms_control(&path, serde_json::json!({"count": eobs}))
+        .await;
+    let token = stack
+        .cms
+        .issue_tokens_for(cms_sandbox::ApiVersion::V3, PILOT, None)?["access_token"]
+        .as_str()
+        .context("no token")?
+        .to_string();
+    let first = format!(
+        "{}/v3/fhir/ExplanationOfBenefit?patient={patient}&_count={PAGE_SIZE}&_source=NCH,DDPS",
+        stack.cms.base_url()
+    );
+    let http = Client::new();
+    let app_url = format!(
+        "{}/bluebutton/fhir/ExplanationOfBenefit?{NO_PUSH}",
+        stack.base_url()
+    );
+    let (expected, _) = next_reader(&first, &token).await?;
+    ensure!(expected.len() == eobs, "the reader got {}", expected.len());
+    ids_of_app(&http, &app_url, session, &expected).await?;
+    let (mut app_times, mut reader_times) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    while FETCH_RUNS.wants_more(started, app_times.len()) {
+        let begun = Instant::now();
+        ids_of_app(&http, &app_url, session, &expected).await?;
+        app_times.push(begun.elapsed().as_secs_f64() * 1000.0);
+        let (ids, ms) = next_reader(&first, &token).await?;
+        ensure!(ids == expected, "the reader's answer changed");
+        reader_times.push(ms);
+    }
+    let runs = app_times.len();
+    let app_ms = percentile(&mut app_times, 50.0);
+    let reader_ms = percentile(&mut reader_times, 50.0);
+    let setup = format!(
+        "{} pages of {PAGE_SIZE}, latency {LATENCY_MS} ms, median of {runs}",
+        eobs / PAGE_SIZE
+    );
+    Ok(vec![
+        figure(
+            "fetch_1000_v3_ms",
+            app_ms,
+            format!("ms, the app on v3, fetch_concurrency={CONCURRENCY}, {setup}"),
+        ),
+        figure(
+            "next_reader_1000_v3_ms",
+            reader_ms,
+            format!("ms, a bare reader following `next`, {setup}"),
+        ),
+        figure(
+            "fetch_1000_v3_vs_next_reader",
+            app_ms / reader_ms,
+            "x the bare next-link reader's time (target <= 1.3; below 1 is faster)",
+        ),
+    ])
+}
+
+/// A bare reader following `next` from `first`: the ids in order, and the time it took.
+async fn next_reader(first: &str, token: &str) -> Result<(Vec<String>, f64)> {
+    let begun = Instant::now();
+    let ids = e2e::next_link_ids(first, token).await?;
+    Ok((ids, begun.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// The app's answer must be exactly `expected`, in order.
+async fn ids_of_app(http: &Client, url: &str, session: &str, expected: &[String]) -> Result<()> {
+    let resp = http.get(url).bearer_auth(session).send().await?;
+    let status = resp.status();
+    let bundle: Value = resp.json().await?;
+    ensure!(status == 200, "the app answered {status}: {bundle}");
+    let ids: Vec<&str> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    ensure!(
+        ids == expected,
+        "the app's {} ids differ from the reader's {}",
+        ids.len(),
+        expected.len()
+    );
+    Ok(())
 }
 
 /// `seed_way_entries`: what the original Python client got of the same 1,000 EOBs: one search with the

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cms_sandbox::BBUSER29999_PATIENT;
+use cms_sandbox::{BBUSER09001_PATIENT_V3, BBUSER29999_PATIENT};
 use e2e::{free_port, Stack, TempDir};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -107,7 +107,20 @@ async fn browser() -> (Driver, Client) {
 
 #[tokio::test]
 async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    browser_flow(&[], "BBUser29999", "PW29999!", BBUSER29999_PATIENT).await;
+}
+
+#[tokio::test]
+async fn on_v3_docs_render_and_a_pilot_beneficiary_signs_in_and_fetches_their_data() {
+    let v3 = ["cms_api_version=v3".to_string()];
+    browser_flow(&v3, "BBUser09001", "PW09001!", BBUSER09001_PATIENT_V3).await;
+}
+
+/// Swagger UI renders the deployment's operations; a beneficiary clicks through CMS's forms, lands on
+/// the callback, and reads their Patient and their accounting from the page.
+async fn browser_flow(variables: &[String], user: &str, password: &str, patient: &str) {
+    let stack = Stack::start(|_| {}, variables).await.unwrap();
+    let on_v3 = !variables.is_empty();
     let (_driver, browser) = browser().await;
     let base = stack.base_url();
 
@@ -127,13 +140,17 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
     for op in operations {
         paths.push(op.text().await.unwrap().replace('\u{200b}', ""));
     }
+    let v3_only = on_v3.then_some("/bluebutton/fhir/insurance-card");
     for expected in [
         "/bluebutton/authorize",
         "/bluebutton/callback",
         "/bluebutton/fhir/ExplanationOfBenefit",
         "/bluebutton/connect/outbox",
         "/bluebutton/sync",
-    ] {
+    ]
+    .into_iter()
+    .chain(v3_only)
+    {
         assert!(
             paths.iter().any(|p| p == expected),
             "{expected} not rendered in {paths:?}"
@@ -146,7 +163,8 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
     let artefacts = e2e::bin_dir().join("e2e-artifacts");
     std::fs::create_dir_all(&artefacts).unwrap();
     let png = browser.screenshot().await.unwrap();
-    std::fs::write(artefacts.join("docs.png"), &png).unwrap();
+    let shot = if on_v3 { "docs-v3.png" } else { "docs.png" };
+    std::fs::write(artefacts.join(shot), &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
 
     // The seed flow, as a beneficiary would click through it.
@@ -160,12 +178,12 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
         .for_element(Locator::Css("input[name=username]"))
         .await
         .expect("CMS's login form");
-    username.send_keys("BBUser29999").await.unwrap();
+    username.send_keys(user).await.unwrap();
     browser
         .find(Locator::Css("input[name=password]"))
         .await
         .unwrap()
-        .send_keys("PW29999!")
+        .send_keys(password)
         .await
         .unwrap();
     browser
@@ -195,7 +213,7 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
         .await
         .unwrap();
     let granted: Value = serde_json::from_str(&text).expect("the callback's JSON");
-    assert_eq!(granted["patient"], BBUSER29999_PATIENT);
+    assert_eq!(granted["patient"], patient);
     let session = granted["session"].as_str().unwrap().to_string();
 
     // From the same page, with the session: the beneficiary's Patient.
@@ -209,10 +227,7 @@ async fn docs_render_and_a_beneficiary_signs_in_and_fetches_their_data() {
         .await
         .unwrap();
     assert_eq!(fetched["status"], 200);
-    assert_eq!(
-        fetched["body"]["entry"][0]["resource"]["id"],
-        BBUSER29999_PATIENT
-    );
+    assert_eq!(fetched["body"]["entry"][0]["resource"]["id"], patient);
 
     // And their accounting of disclosures: the consent they just gave, then that read, newest first.
     let accounting = browser

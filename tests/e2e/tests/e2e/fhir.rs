@@ -53,32 +53,11 @@ async fn cms_ids(
         .as_str()
         .unwrap()
         .to_string();
-    let mut ids = Vec::new();
-    let mut next = Some(format!(
+    let first = format!(
         "{}/v2/fhir/{resource}?{param}={patient}&_count=50",
         stack.cms.base_url()
-    ));
-    while let Some(url) = next {
-        let page: Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for entry in page["entry"].as_array().into_iter().flatten() {
-            ids.push(entry["resource"]["id"].as_str().unwrap().to_string());
-        }
-        next = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_string());
-    }
-    ids
+    );
+    e2e::next_link_ids(&first, &token).await.unwrap()
 }
 
 #[tokio::test]

@@ -18,9 +18,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_sessions_fetch_without_a_single_error() {
-    let stack = Stack::start(|o| o.eob_count = Some(100), &[])
-        .await
-        .unwrap();
+    // 200 sessions of one synthetic user stand in for 200 beneficiaries: the emulator has a handful of
+    // users, and CMS would let one beneficiary's new sign-in end their earlier tokens.
+    let stack = Stack::start(
+        |o| {
+            o.eob_count = Some(100);
+            o.new_authorization_replaces_tokens = false;
+        },
+        &[],
+    )
+    .await
+    .unwrap();
     let base = stack.base_url();
     let deadline = Instant::now() + Duration::from_secs(240);
 

@@ -18,3 +18,4 @@ mod load;
 mod replicas;
 mod security;
 mod state;
+mod v3;
