@@ -270,3 +270,58 @@ async fn the_admin_sync_runs_on_v3_and_moves_its_own_cursors() {
     assert_eq!(delivered(&second, "ExplanationOfBenefit"), 0);
     assert_eq!(e2e::resources_in(&stack.connect).len(), 34);
 }
+
+#[tokio::test]
+async fn a_v3_fetch_survives_busy_pages_and_a_token_expiring_midway() {
+    // Answered whole (not streamed), so that the answer carries its retry count.
+    let whole = "response_buffer_bytes=67108864";
+    let stack = Stack::start(|o| o.latency_ms = 100, &v3(&[whole]))
+        .await
+        .unwrap();
+    let session = stack.session(PILOT).await;
+    stack
+        .cms_control(
+            &format!("patients/{BBUSER09001_PATIENT_V3}/eob-count"),
+            json!({"count": 500}),
+        )
+        .await;
+    let expected = next_reader_ids(&stack, "&_source=NCH,DDPS").await;
+    // The page at offset 100 answers 503 twice (an OperationOutcome), then serves.
+    stack
+        .cms_control(
+            "faults/start-index",
+            json!({"start_index": 100, "count": 2, "status": 503,
+                   "resource": "ExplanationOfBenefit"}),
+        )
+        .await;
+    stack.cms_control("counters/reset", json!({})).await;
+    let base = stack.cms.base_url();
+    let expire = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+        reqwest::Client::new()
+            .post(format!("{base}/_emulator/tokens/expire"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+    });
+    let resp = get(&stack, &session, "fhir/ExplanationOfBenefit?push=false").await;
+    expire.await.unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    let retries: u32 = resp.headers()["x-upstream-retries"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // (A retry made before the token's renewal is counted at CMS, not in this header.)
+    assert!(retries >= 1, "the busy page was retried: {retries}");
+    assert_eq!(entry_ids(resp).await, expected);
+    let counters = stack.cms_counters().await;
+    assert_eq!(counters["by_status"]["503"], 2, "{counters}");
+    assert!(
+        counters["by_status"]["401"].as_u64().unwrap_or(0) > 0,
+        "the expiry did not hit the fetch: {counters}"
+    );
+    let renewals = &counters["by_path"]["/v3/o/token/"];
+    assert!(renewals["200"].as_u64().unwrap_or(0) >= 1, "{counters}");
+}
