@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cms_sandbox::BBUSER29999_PATIENT;
+use cms_sandbox::{BBUSER09001_PATIENT_V3, BBUSER29999_PATIENT};
 use e2e::beneficiary::{self, authorize_at_cms, sign_in, Consent};
 use e2e::{Stack, CLIENT_SECRET};
 use serde_json::Value;
@@ -168,7 +168,21 @@ async fn grant_exists(stack: &Stack, patient: &str) -> bool {
 
 #[tokio::test]
 async fn ending_a_session_revokes_its_tokens_and_with_grant_true_the_grant_at_cms() {
-    let stack = Stack::start(|_| {}, &[]).await.unwrap();
+    ending_sessions("v2", "BBUser29999", BBUSER29999_PATIENT).await;
+}
+
+#[tokio::test]
+async fn on_v3_ending_a_session_revokes_at_v3s_endpoints() {
+    ending_sessions("v3", "BBUser09001", BBUSER09001_PATIENT_V3).await;
+}
+
+async fn ending_sessions(version: &str, user: &str, patient: &str) {
+    let variables = [format!("cms_api_version={version}")];
+    let stack = Stack::start(|_| {}, &variables).await.unwrap();
+    let (revoke_token, revoke) = (
+        format!("/{version}/o/revoke_token/"),
+        format!("/{version}/o/revoke/"),
+    );
     let end = |session: String, query: &'static str| {
         let url = format!("{}/bluebutton/session{query}", stack.base_url());
         async move {
@@ -181,27 +195,28 @@ async fn ending_a_session_revokes_its_tokens_and_with_grant_true_the_grant_at_cm
             resp.status().as_u16()
         }
     };
-    let revoked = |path: &'static str| {
+    let revoked = |path: &String| {
         let stack = &stack;
-        async move { stack.cms_counters().await["by_path"][path]["200"].as_u64() }
+        let path = path.clone();
+        async move { stack.cms_counters().await["by_path"][&path]["200"].as_u64() }
     };
 
     // By default only the session's tokens: the beneficiary's grant stays at CMS.
-    let session = stack.session("BBUser29999").await;
+    let session = stack.session(user).await;
     assert_eq!(end(session.clone(), "").await, 204);
-    assert_eq!(revoked("/v2/o/revoke_token/").await, Some(1));
-    assert_eq!(revoked("/v2/o/revoke/").await, None);
+    assert_eq!(revoked(&revoke_token).await, Some(1));
+    assert_eq!(revoked(&revoke).await, None);
     let (status, _) = problem(fetch_patient(&stack, &session).await).await;
     assert_eq!(status, 401);
     assert!(!stack.store_dump().contains("session:"));
-    assert!(grant_exists(&stack, BBUSER29999_PATIENT).await);
+    assert!(grant_exists(&stack, patient).await);
 
     // `grant=true` ends the data access grant itself.
-    let session = stack.session("BBUser29999").await;
+    let session = stack.session(user).await;
     assert_eq!(end(session.clone(), "?grant=maybe").await, 400);
     assert_eq!(end(session.clone(), "?grant=true").await, 204);
-    assert_eq!(revoked("/v2/o/revoke/").await, Some(1));
-    assert!(!grant_exists(&stack, BBUSER29999_PATIENT).await);
+    assert_eq!(revoked(&revoke).await, Some(1));
+    assert!(!grant_exists(&stack, patient).await);
     let (status, _) = problem(fetch_patient(&stack, &session).await).await;
     assert_eq!(status, 401);
 }
